@@ -1,0 +1,493 @@
+"""The environment contract: :class:`TextEnv`, a multi-turn text ``gymnasium.Env[str, str]``.
+
+The action is the raw assistant text. The observation is the text of the new environment messages
+since the last action: the instructions at reset, then tool results and error feedback. ``info``
+carries the structured view the learner renders with a chat template:
+
+- at reset: ``tools`` (OpenAI function schemas), ``tools_prompt`` (the tool-call format's
+  description of the tools, for formats a chat template does not know), ``messages`` (the new
+  system/user messages), ``task_id``;
+- on every step: ``messages`` (new tool/user messages), ``tool_calls`` (``id``, ``name``,
+  ``arguments``, ``result``, ``error``), ``format_error``, ``turn`` and running ``counts``;
+- when the episode ends: ``final_answer``, ``eval`` (the external evaluation) and ``status``.
+
+``info`` is deterministic, so Gymnasium's determinism checks pass; timings go under
+``diagnostics`` only when asked for. An episode ends with ``terminated`` when the agent commits to
+a final answer, and ``truncated`` on max turns, a character or token budget, a wall-clock limit, or
+an infrastructure failure (status ``infra_error`` / ``timeout``, which the trainer excludes).
+
+Subclasses provide tasks and tools; see :meth:`TextEnv.tasks` and :meth:`TextEnv.make_tools`.
+Non-goals: tokenisation and chat templates (the learner's side), and tool isolation (``sandbox``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium as gym
+
+from mtrl_gym.evaluation import (
+    AnswerExtractor,
+    EpisodeSummary,
+    Evaluator,
+    ExactMatchEvaluator,
+    ExactMatchReward,
+    FinalAnswer,
+    RewardFn,
+    TagAnswerExtractor,
+)
+from mtrl_gym.formats import ToolCallFormat, get_format
+from mtrl_gym.resources import EpisodeResources
+from mtrl_gym.spaces import TextSpace
+from mtrl_gym.tools import Tool, ToolError, ToolInfraError, render_result
+from mtrl_gym.types import JSON, ParsedCall, Role, Status, Task, ToolCallRecord, message
+
+# Tools that block run on these threads so a per-call timeout can be enforced and so the async
+# runner never blocks its event loop. A thread cannot be killed: a timed-out sync tool keeps its
+# thread until it returns, which is why untrusted code goes through ``sandbox`` (hard kill).
+_TOOL_POOL = concurrent.futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="mtrl-tool")
+
+NO_CALL_FEEDBACK = (
+    "Error: your message contained neither a tool call nor a final answer. Call a tool as "
+    "described, or give your final answer as <final_output>{{...}}</final_output>."
+)
+
+
+class _InfraFailure(Exception):
+    """Internal: a tool call failed for infrastructure reasons; carries the status to report."""
+
+    def __init__(self, status: Status, detail: str):
+        super().__init__(detail)
+        self.status = status
+
+
+@dataclass
+class _Plan:
+    """One call of a step, either rejected up front (``error``) or ready to run (``tool``)."""
+
+    record: ToolCallRecord
+    tool: Tool | None = None
+
+
+class TextEnv(gym.Env[str, str]):
+    """Base class for multi-turn text environments with tools.
+
+    Subclasses implement :meth:`tasks` (or override :meth:`load_task`) and :meth:`make_tools`, and
+    may override :meth:`system_prompt`, :meth:`oracle_policy` and the reward / evaluator.
+
+    Args:
+        tool_format: Name or instance of the tool-call format (``hermes``, ``json``, ``react``).
+        max_turns: Assistant turns before the episode is truncated.
+        max_tool_calls_per_turn: Calls beyond this in one message are rejected with an error.
+        max_action_chars: Size of the action space; longer actions are rejected by the space.
+        max_episode_chars: Budget on all text exchanged (actions and observations), or ``None``.
+        max_episode_tokens: Budget measured by ``token_counter``, or ``None``.
+        token_counter: Counts tokens of a text (e.g. a tokenizer's ``len(encode(text))``).
+        max_result_chars: Tool results longer than this are cut, with a note to the agent.
+        time_limit_s: Wall-clock limit of the episode, or ``None``.
+        tool_timeout_s: Default wall-clock limit of one tool call, or ``None``.
+        answer_extractor: Finds the final answer; default: last ``<final_output>{json}``.
+        reward_fn: Reward of a finished episode; default: strict exact match.
+        evaluator: External evaluation of a finished episode; default: strict exact match.
+        diagnostics: Add non-deterministic timings under ``info["diagnostics"]``.
+        render_mode: ``None`` or ``"ansi"`` (the transcript as text).
+    """
+
+    metadata: dict[str, Any] = {"render_modes": ["ansi"]}
+
+    def __init__(
+        self,
+        *,
+        tool_format: str | ToolCallFormat = "hermes",
+        max_turns: int = 16,
+        max_tool_calls_per_turn: int = 8,
+        max_action_chars: int = 65_536,
+        max_episode_chars: int | None = None,
+        max_episode_tokens: int | None = None,
+        token_counter: Callable[[str], int] | None = None,
+        max_result_chars: int = 16_384,
+        time_limit_s: float | None = None,
+        tool_timeout_s: float | None = None,
+        answer_extractor: AnswerExtractor | None = None,
+        reward_fn: RewardFn | None = None,
+        evaluator: Evaluator | None = None,
+        diagnostics: bool = False,
+        render_mode: str | None = None,
+    ):
+        if max_turns < 1:
+            raise ValueError(f"max_turns must be >= 1, got {max_turns}")
+        if max_tool_calls_per_turn < 1:
+            raise ValueError(f"max_tool_calls_per_turn must be >= 1, got {max_tool_calls_per_turn}")
+        if max_episode_tokens is not None and token_counter is None:
+            raise ValueError("max_episode_tokens needs a token_counter")
+        if render_mode not in (None, *self.metadata["render_modes"]):
+            raise ValueError(f"unsupported render_mode {render_mode!r}")
+        self.format = get_format(tool_format)
+        self.max_turns = max_turns
+        self.max_tool_calls_per_turn = max_tool_calls_per_turn
+        self.max_episode_chars = max_episode_chars
+        self.max_episode_tokens = max_episode_tokens
+        self.token_counter = token_counter
+        self.max_result_chars = max_result_chars
+        self.time_limit_s = time_limit_s
+        self.tool_timeout_s = tool_timeout_s
+        self.answer_extractor = answer_extractor or TagAnswerExtractor()
+        self.reward_fn = reward_fn or ExactMatchReward()
+        self.evaluator = evaluator or ExactMatchEvaluator()
+        self.diagnostics = diagnostics
+        self.render_mode = render_mode
+        self.action_space = TextSpace(max_action_chars)
+        self.observation_space = TextSpace()
+        self.task: Task | None = None
+        self.transcript: list[dict[str, JSON]] = []
+        self._resources: EpisodeResources | None = None
+        self._tools: dict[str, Tool] = {}
+        self._done = True
+
+    # ---- what subclasses provide ----------------------------------------------------------------
+
+    def tasks(self) -> Sequence[Task]:
+        """All tasks of this environment (used by the default :meth:`load_task`)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement tasks() or load_task()")
+
+    def load_task(self, options: Mapping[str, Any] | None) -> Task:
+        """Chooses the episode's task: ``options["task_id"]``, ``options["task_index"]`` or random.
+
+        Random choice uses ``self.np_random``, so ``reset(seed=s)`` always gives the same task.
+        """
+        tasks = self.tasks()
+        if not tasks:
+            raise ValueError(f"{type(self).__name__} has no tasks")
+        options = options or {}
+        if "task_id" in options:
+            for t in tasks:
+                if t.id == options["task_id"]:
+                    return t
+            raise ValueError(f"unknown task_id {options['task_id']!r} in {type(self).__name__}")
+        if "task_index" in options:
+            index = options["task_index"]
+            if not isinstance(index, int) or not 0 <= index < len(tasks):
+                raise ValueError(f"task_index must be an int in [0, {len(tasks)}), got {index!r}")
+            return tasks[index]
+        return tasks[int(self.np_random.integers(len(tasks)))]
+
+    def make_tools(self, task: Task, resources: EpisodeResources) -> Sequence[Tool]:
+        """The tools for this episode; allocate per-episode state through ``resources``."""
+        return ()
+
+    def system_prompt(self, task: Task) -> str | None:
+        """The system message; default: the task's own ``system`` text."""
+        return task.system
+
+    def oracle_policy(self) -> Callable[[str, dict[str, Any]], str] | None:
+        """A scripted policy that solves the current task, if the environment has one."""
+        return None
+
+    # ---- Gymnasium API -------------------------------------------------------------------------
+
+    @property
+    def tools(self) -> dict[str, Tool]:
+        """The current episode's tools by name."""
+        return dict(self._tools)
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[str, dict[str, Any]]:
+        """Starts an episode: releases the previous one's resources, picks a task, makes tools."""
+        super().reset(seed=seed)
+        self._release_resources()
+        self.task = self.load_task(options)
+        self._resources = EpisodeResources(self.np_random)
+        tools = list(self.make_tools(self.task, self._resources))
+        self._tools = {}
+        for t in tools:
+            if t.name in self._tools:
+                raise ValueError(f"two tools are named {t.name!r}")
+            self._tools[t.name] = t
+        self._turn = 0
+        self._chars = 0
+        self._tokens = 0
+        self._counts = {"tool_calls": 0, "invalid_tool_calls": 0, "format_errors": 0}
+        self._all_calls: list[dict[str, JSON]] = []
+        self._start = time.monotonic()
+        self._done = False
+
+        schemas = [t.schema for t in tools]
+        messages = []
+        system = self.system_prompt(self.task)
+        if system:
+            messages.append(message(Role.SYSTEM, system))
+        messages.append(message(Role.USER, self.task.prompt))
+        self.transcript = [dict(m) for m in messages]
+        tools_prompt = self.format.tools_prompt(schemas) if schemas else ""
+        parts = [system or "", tools_prompt, self.task.prompt]
+        observation = "\n\n".join(p for p in parts if p)
+        self._consume_budget(observation)
+        info: dict[str, Any] = {
+            "task_id": self.task.id,
+            "tools": schemas,
+            "tools_prompt": tools_prompt,
+            "messages": messages,
+        }
+        if self.diagnostics:
+            info["diagnostics"] = {"elapsed_s": 0.0}
+        return observation, info
+
+    def step(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
+        """Applies one assistant message: a final answer, tool calls, or a format error."""
+        plans, early = self._begin_step(action)
+        if early is not None:
+            return early
+        outcomes: list[str | BaseException] = []
+        for plan in plans:
+            outcomes.append(self._invoke(plan))
+            if isinstance(outcomes[-1], _InfraFailure):
+                break
+        return self._finish_step(action, plans, outcomes)
+
+    async def astep(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
+        """Async :meth:`step`: awaits async tools and runs blocking tools on worker threads."""
+        plans, early = self._begin_step(action)
+        if early is not None:
+            return early
+        outcomes: list[str | BaseException] = []
+        for plan in plans:
+            outcomes.append(await self._ainvoke(plan))
+            if isinstance(outcomes[-1], _InfraFailure):
+                break
+        return self._finish_step(action, plans, outcomes)
+
+    def render(self) -> str | None:
+        """With ``render_mode="ansi"``, the transcript so far as text."""
+        if self.render_mode != "ansi":
+            return None
+        lines = [f"[{m['role']}] {m['content']}" for m in self.transcript]
+        return "\n".join(lines)
+
+    def close(self) -> None:
+        """Releases the current episode's resources (safe to call twice)."""
+        self._release_resources()
+        self._done = True
+        super().close()
+
+    # ---- step internals ------------------------------------------------------------------------
+
+    def _begin_step(self, action: str) -> tuple[list[_Plan], Any]:
+        """Validates the action and decides what to do; returns an early result for non-calls."""
+        if self._done or self.task is None:
+            raise RuntimeError("the episode is over: call reset() before step()")
+        if not isinstance(action, str):
+            raise TypeError(f"action must be a str, got {type(action).__name__}")
+        self._turn += 1
+        self.transcript.append(message(Role.ASSISTANT, action))
+        self._consume_budget(action)
+
+        answer = self.answer_extractor(action)
+        if answer is not None:
+            status = Status.OK if answer.error is None else Status.FORMAT_ERROR
+            return [], self._end([], [], status, answer, terminated=True, format_error=False)
+
+        parsed = self.format.parse(action)
+        if not parsed.calls:
+            self._counts["format_errors"] += 1
+            feedback = message(Role.USER, NO_CALL_FEEDBACK.format())
+            return [], self._continue([feedback], [], format_error=True)
+
+        plans = [self._plan(i, call) for i, call in enumerate(parsed.calls)]
+        return plans, None
+
+    def _plan(self, index: int, call: ParsedCall) -> _Plan:
+        record = ToolCallRecord(
+            id=f"call_{self._turn}_{index}", name=call.name, arguments=call.arguments
+        )
+        if index >= self.max_tool_calls_per_turn:
+            record.error = f"too many tool calls in one message (at most {self.max_tool_calls_per_turn})"
+        elif call.error is not None:
+            record.error = f"malformed tool call: {call.error}"
+        elif call.name not in self._tools:
+            known = ", ".join(sorted(self._tools)) or "none"
+            record.error = f"unknown tool {call.name!r}; available tools: {known}"
+        else:
+            tool = self._tools[call.name]
+            problem = tool.validate(call.arguments)
+            if problem is not None:
+                record.error = f"invalid arguments for {call.name}: {problem}"
+            else:
+                return _Plan(record, tool)
+        return _Plan(record)
+
+    def _timeout(self, tool: Tool) -> float | None:
+        return tool.timeout_s if tool.timeout_s is not None else self.tool_timeout_s
+
+    def _invoke(self, plan: _Plan) -> str | BaseException:
+        """Runs one planned call synchronously; returns its text or the exception it raised."""
+        if plan.tool is None:
+            return ToolError(plan.record.error or "")
+        tool, args, timeout = plan.tool, plan.record.arguments or {}, self._timeout(plan.tool)
+        try:
+            if tool.is_async:
+                future = _TOOL_POOL.submit(asyncio.run, tool.fn(**args))
+            elif timeout is None:
+                return render_result(tool.fn(**args))
+            else:
+                future = _TOOL_POOL.submit(tool.fn, **args)
+            return render_result(future.result(timeout=timeout))
+        except concurrent.futures.TimeoutError:
+            return _InfraFailure(Status.TIMEOUT, f"tool {tool.name} timed out after {timeout} s")
+        except ToolError as e:
+            return e
+        except Exception as e:  # noqa: BLE001 - any other failure is the infrastructure's
+            return _InfraFailure(Status.INFRA_ERROR, f"tool {tool.name} failed: {e!r}")
+
+    async def _ainvoke(self, plan: _Plan) -> str | BaseException:
+        """Runs one planned call without blocking the event loop."""
+        if plan.tool is None:
+            return ToolError(plan.record.error or "")
+        tool, args, timeout = plan.tool, plan.record.arguments or {}, self._timeout(plan.tool)
+        try:
+            if tool.is_async:
+                coro = tool.fn(**args)
+            else:
+                loop = asyncio.get_running_loop()
+                coro = loop.run_in_executor(_TOOL_POOL, lambda: tool.fn(**args))
+            return render_result(await asyncio.wait_for(coro, timeout))
+        except TimeoutError:
+            return _InfraFailure(Status.TIMEOUT, f"tool {tool.name} timed out after {timeout} s")
+        except ToolError as e:
+            return e
+        except Exception as e:  # noqa: BLE001 - any other failure is the infrastructure's
+            return _InfraFailure(Status.INFRA_ERROR, f"tool {tool.name} failed: {e!r}")
+
+    def _finish_step(
+        self, action: str, plans: list[_Plan], outcomes: list[str | BaseException]
+    ) -> tuple[str, float, bool, bool, dict[str, Any]]:
+        messages: list[dict[str, JSON]] = []
+        records: list[ToolCallRecord] = []
+        infra: _InfraFailure | None = None
+        for plan, outcome in zip(plans, outcomes, strict=False):
+            record = plan.record
+            self._counts["tool_calls"] += 1
+            if isinstance(outcome, _InfraFailure):
+                record.error, infra = str(outcome), outcome
+            elif isinstance(outcome, BaseException):
+                record.error = str(outcome)
+                if plan.tool is None:
+                    self._counts["invalid_tool_calls"] += 1
+            else:
+                record.result = self._cut(outcome)
+            content = record.result if record.error is None else f"Error: {record.error}"
+            messages.append(
+                message(Role.TOOL, content, tool_call_id=record.id, name=record.name)
+            )
+            records.append(record)
+        if infra is not None:
+            return self._end(messages, records, infra.status, None, terminated=False)
+        return self._continue(messages, records, format_error=False)
+
+    def _cut(self, text: str) -> str:
+        if len(text) <= self.max_result_chars:
+            return text
+        dropped = len(text) - self.max_result_chars
+        return f"{text[: self.max_result_chars]}\n[... {dropped} characters cut]"
+
+    def _continue(
+        self,
+        messages: list[dict[str, JSON]],
+        records: list[ToolCallRecord],
+        *,
+        format_error: bool,
+    ) -> tuple[str, float, bool, bool, dict[str, Any]]:
+        observation = self._observe(messages)
+        if self._turn >= self.max_turns or self._over_budget():
+            return self._end(messages, records, Status.TRUNCATED, None, terminated=False,
+                             format_error=format_error, observed=observation)
+        if self.time_limit_s is not None and time.monotonic() - self._start > self.time_limit_s:
+            return self._end(messages, records, Status.TIMEOUT, None, terminated=False,
+                             format_error=format_error, observed=observation)
+        info = self._step_info(messages, records, format_error)
+        return observation, 0.0, False, False, info
+
+    def _end(
+        self,
+        messages: list[dict[str, JSON]],
+        records: list[ToolCallRecord],
+        status: Status,
+        answer: FinalAnswer | None,
+        *,
+        terminated: bool,
+        format_error: bool = False,
+        observed: str | None = None,
+    ) -> tuple[str, float, bool, bool, dict[str, Any]]:
+        assert self.task is not None
+        observation = observed if observed is not None else self._observe(messages)
+        self._done = True
+        summary = EpisodeSummary(
+            task=self.task,
+            status=status,
+            final_answer=answer,
+            tool_calls=tuple(json.loads(json.dumps(c)) for c in self._all_calls)
+            + tuple(r.to_dict() for r in records),
+            turns=self._turn,
+            invalid_tool_calls=self._counts["invalid_tool_calls"],
+            format_errors=self._counts["format_errors"],
+        )
+        # The evaluation is computed before and independently of the reward.
+        evaluation = self.evaluator(summary)
+        failed = status in (Status.INFRA_ERROR, Status.TIMEOUT)
+        reward = 0.0 if failed else float(self.reward_fn(summary))
+        info = self._step_info(messages, records, format_error)
+        info["final_answer"] = None if answer is None else answer.to_dict()
+        info["eval"] = evaluation
+        info["status"] = str(status)
+        return observation, reward, terminated, not terminated, info
+
+    def _step_info(
+        self, messages: list[dict[str, JSON]], records: list[ToolCallRecord], format_error: bool
+    ) -> dict[str, Any]:
+        self._all_calls.extend(r.to_dict() for r in records)
+        info: dict[str, Any] = {
+            "messages": messages,
+            "tool_calls": [r.to_dict() for r in records],
+            "format_error": format_error,
+            "turn": self._turn,
+            "counts": dict(self._counts),
+        }
+        if self.diagnostics:
+            info["diagnostics"] = {"elapsed_s": time.monotonic() - self._start}
+        return info
+
+    def _observe(self, messages: list[dict[str, JSON]]) -> str:
+        self.transcript.extend(dict(m) for m in messages)
+        parts = [
+            self.format.render_result(str(m.get("name") or ""), m["content"])
+            if m["role"] == Role.TOOL
+            else m["content"]
+            for m in messages
+        ]
+        observation = "\n".join(parts)
+        self._consume_budget(observation)
+        return observation
+
+    def _consume_budget(self, text: str) -> None:
+        self._chars += len(text)
+        if self.token_counter is not None:
+            self._tokens += self.token_counter(text)
+
+    def _over_budget(self) -> bool:
+        over_chars = self.max_episode_chars is not None and self._chars > self.max_episode_chars
+        over_tokens = (
+            self.max_episode_tokens is not None and self._tokens > self.max_episode_tokens
+        )
+        return over_chars or over_tokens
+
+    def _release_resources(self) -> None:
+        if self._resources is not None:
+            resources, self._resources = self._resources, None
+            resources.release()
+        self._tools = {}

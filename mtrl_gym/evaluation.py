@@ -1,0 +1,241 @@
+"""Final answers, rewards and external evaluation, kept as separate composable objects.
+
+The reward is the training signal; the evaluation measures success on the end task for humans and
+eval jobs. Both read the same :class:`EpisodeSummary`, but an evaluator never sees the reward, so
+reward shaping (format bonuses, tool-call penalties) can never leak into the reported success.
+
+Non-goals: learned or LLM-judge rewards (they fit the same protocols) and pass@k (``mtrl_jax``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from mtrl_gym.types import JSON, Status, Task
+
+
+@dataclass(frozen=True, kw_only=True)
+class FinalAnswer:
+    """The answer an agent committed to.
+
+    Attributes:
+        raw: The text between the answer tags.
+        value: The decoded JSON value (``None`` when ``error`` is set).
+        error: Why the answer could not be decoded, or ``None``.
+    """
+
+    raw: str
+    value: JSON = None
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, JSON]:
+        """A fresh JSON-friendly dict for ``info["final_answer"]``."""
+        return {"raw": self.raw, "value": json.loads(json.dumps(self.value)), "error": self.error}
+
+
+class AnswerExtractor(Protocol):
+    """Finds the final answer in one assistant message; ``None`` means the agent did not answer."""
+
+    def __call__(self, text: str) -> FinalAnswer | None: ...
+
+
+_FENCE_RE = re.compile(r"^```(?:json)?\s*\n?(.*?)\n?```$", re.DOTALL)
+
+
+class TagAnswerExtractor:
+    """Extracts the JSON in the last ``<final_output>...</final_output>`` block (the default).
+
+    >>> TagAnswerExtractor()('Done. <final_output>{"ok": true}</final_output>').value
+    {'ok': True}
+    >>> TagAnswerExtractor()("<final_output>{oops</final_output>").error[:25]
+    'final answer is not valid'
+    >>> TagAnswerExtractor()("no answer yet") is None
+    True
+    """
+
+    def __init__(self, tag: str = "final_output", *, require_object: bool = True):
+        self.open, self.close = f"<{tag}>", f"</{tag}>"
+        self.require_object = require_object
+
+    def __call__(self, text: str) -> FinalAnswer | None:
+        """Returns the last tagged answer, decoded, or ``None`` if there is no opening tag."""
+        start = text.rfind(self.open)
+        if start < 0:
+            return None
+        body_start = start + len(self.open)
+        end = text.find(self.close, body_start)
+        if end < 0:
+            raw = text[body_start:]
+            return FinalAnswer(raw=raw, error=f"final answer has no closing {self.close} tag")
+        raw = text[body_start:end]
+        body = raw.strip()
+        fence = _FENCE_RE.match(body)
+        if fence:
+            body = fence.group(1).strip()
+        try:
+            value = json.loads(body)
+        except (ValueError, RecursionError) as e:
+            return FinalAnswer(raw=raw, error=f"final answer is not valid JSON: {e}")
+        if self.require_object and not isinstance(value, dict):
+            kind = type(value).__name__
+            return FinalAnswer(raw=raw, error=f"final answer must be a JSON object, got {kind}")
+        return FinalAnswer(raw=raw, value=value)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EpisodeSummary:
+    """What rewards and evaluators see of a finished episode."""
+
+    task: Task
+    status: Status
+    final_answer: FinalAnswer | None
+    tool_calls: tuple[Mapping[str, JSON], ...]
+    turns: int
+    invalid_tool_calls: int
+    format_errors: int
+
+
+class RewardFn(Protocol):
+    """Maps a finished episode to a scalar reward."""
+
+    def __call__(self, episode: EpisodeSummary) -> float: ...
+
+
+class Evaluator(Protocol):
+    """Maps a finished episode to a dict of end-task metrics; must include ``success``."""
+
+    def __call__(self, episode: EpisodeSummary) -> dict[str, JSON]: ...
+
+
+def json_equal(a: JSON, b: JSON) -> bool:
+    """Strict JSON equality: types must agree (``True`` is not ``1``, ``"1"`` is not ``1``).
+
+    Integers and floats compare by value, as JSON has one number type (``1 == 1.0``).
+
+    >>> json_equal({"a": [1, 2.0]}, {"a": [1.0, 2]}), json_equal(True, 1), json_equal("1", 1)
+    (True, False, False)
+    """
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+            return True
+        return a == b
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(json_equal(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return len(a) == len(b) and all(json_equal(x, y) for x, y in zip(a, b, strict=True))
+    return type(a) is type(b) and a == b
+
+
+def field_matches(answer: JSON, expected: JSON) -> dict[str, bool]:
+    """Per-field strict match of an answer object against the expected object.
+
+    Every expected field must be present with an equal value; extra fields in the answer are
+    ignored. A non-object ``expected`` is compared as a whole under the key ``"answer"``.
+    """
+    if not isinstance(expected, dict):
+        return {"answer": json_equal(answer, expected)}
+    got = answer if isinstance(answer, dict) else {}
+    return {k: k in got and json_equal(got[k], v) for k, v in expected.items()}
+
+
+def _answer_value(episode: EpisodeSummary) -> JSON:
+    fa = episode.final_answer
+    return None if fa is None or fa.error is not None else fa.value
+
+
+@dataclass(frozen=True)
+class ExactMatchReward:
+    """1.0 when every expected field matches exactly, else 0.0 (or the matched fraction).
+
+    Args:
+        partial: Give the fraction of matching fields instead of all-or-nothing.
+    """
+
+    partial: bool = False
+
+    def __call__(self, episode: EpisodeSummary) -> float:
+        """Scores the final answer against ``episode.task.answer``."""
+        if episode.status is not Status.OK:
+            return 0.0
+        matches = field_matches(_answer_value(episode), episode.task.answer)
+        if not matches:
+            return 1.0
+        if self.partial:
+            return sum(matches.values()) / len(matches)
+        return float(all(matches.values()))
+
+
+@dataclass(frozen=True)
+class FormatReward:
+    """``value`` when the agent committed to a well-formed final answer, else 0."""
+
+    value: float = 1.0
+
+    def __call__(self, episode: EpisodeSummary) -> float:
+        """Rewards a parseable final answer regardless of its correctness."""
+        return self.value if episode.status is Status.OK else 0.0
+
+
+@dataclass(frozen=True)
+class ToolCallPenalty:
+    """A negative reward per tool call and per invalid tool call or format error.
+
+    Args:
+        per_call: Subtracted for every tool call (encourages short solutions).
+        per_invalid: Subtracted for every malformed / unknown / badly-argued call and format error.
+        max_penalty: Cap on the total penalty (a positive number), or ``None``.
+    """
+
+    per_call: float = 0.0
+    per_invalid: float = 0.1
+    max_penalty: float | None = None
+
+    def __call__(self, episode: EpisodeSummary) -> float:
+        """Returns the (non-positive) penalty."""
+        invalid = episode.invalid_tool_calls + episode.format_errors
+        penalty = self.per_call * len(episode.tool_calls) + self.per_invalid * invalid
+        if self.max_penalty is not None:
+            penalty = min(penalty, self.max_penalty)
+        return -penalty
+
+
+@dataclass(frozen=True)
+class WeightedSum:
+    """Sum of weighted reward terms, e.g. ``WeightedSum([(1.0, ExactMatchReward()), ...])``."""
+
+    terms: Sequence[tuple[float, RewardFn]]
+
+    def __call__(self, episode: EpisodeSummary) -> float:
+        """Adds up ``weight * term(episode)``."""
+        return float(sum(w * fn(episode) for w, fn in self.terms))
+
+
+@dataclass(frozen=True)
+class ExactMatchEvaluator:
+    """External evaluation by strict field-by-field match of the final JSON answer.
+
+    Reports ``success`` (every field right), ``field_accuracy`` and ``fields`` (per-field result).
+    Infrastructure failures are reported as not successful, with ``status`` so eval jobs can
+    exclude them.
+    """
+
+    def __call__(self, episode: EpisodeSummary) -> dict[str, Any]:
+        """Evaluates the final answer against ``episode.task.answer``."""
+        answered = episode.status is Status.OK
+        matches = field_matches(_answer_value(episode), episode.task.answer)
+        if not answered:
+            matches = dict.fromkeys(matches, False)
+        acc = sum(matches.values()) / len(matches) if matches else float(answered)
+        return {
+            "success": answered and all(matches.values()),
+            "field_accuracy": acc,
+            "fields": matches,
+            "status": str(episode.status),
+        }

@@ -1,0 +1,59 @@
+"""Registration of mtrl environments with Gymnasium under ``mtrl/<Name>-v<N>`` ids.
+
+Ids are registered with string entry points (``"module:Class"``), so registering imports nothing:
+an environment's module, and whatever it needs, is imported only when it is made. Gymnasium 1.x
+reads no plugin entry points, so ``import mtrl_gym`` registers the built-in environments and
+``gym.make("mtrl_gym:mtrl/<Name>-v0")`` works from a fresh interpreter.
+
+Non-goals: environment discovery across third-party packages (they call :func:`register_env`).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import gymnasium as gym
+
+NAMESPACE = "mtrl"
+_ID_RE = re.compile(r"^mtrl/[A-Z][A-Za-z0-9]*(?:[-_.][A-Za-z0-9]+)*-v\d+$")
+
+# The built-in environments (package ``mtrl_envs``, installed from ``envs/``).
+BUILTIN_ENVS: dict[str, str] = {
+    "mtrl/OrderLookup-v0": "mtrl_envs.order_lookup.env:OrderLookupEnv",
+    "mtrl/Inventory-v0": "mtrl_envs.inventory.env:InventoryEnv",
+    "mtrl/Calculator-v0": "mtrl_envs.calculator.env:CalculatorEnv",
+}
+
+
+def register_env(env_id: str, entry_point: str, **kwargs: Any) -> None:
+    """Registers an environment id; ids must look like ``mtrl/<Name>-v<N>``.
+
+    Re-registering an id with the same entry point is a no-op (modules may be re-imported);
+    a different entry point for a taken id is an error rather than a silent override.
+    """
+    if not _ID_RE.match(env_id):
+        raise ValueError(f"environment id {env_id!r} must look like 'mtrl/<Name>-v<N>'")
+    existing = gym.registry.get(env_id)
+    if existing is not None:
+        if existing.entry_point != entry_point:
+            raise ValueError(
+                f"{env_id} is already registered to {existing.entry_point}, not {entry_point}"
+            )
+        return
+    # ``disable_env_checker``: Gymnasium's passive checker knows nothing of text spaces;
+    # ``check_env`` and ``check_reproducible`` run the real checks (see ``mtrl_gym.checker``).
+    gym.register(
+        id=env_id, entry_point=entry_point, kwargs=kwargs, disable_env_checker=True
+    )
+
+
+def registered_env_ids() -> list[str]:
+    """All registered ids in the ``mtrl`` namespace, sorted."""
+    return sorted(k for k in gym.registry if k.startswith(f"{NAMESPACE}/"))
+
+
+def register_builtin_envs() -> None:
+    """Registers :data:`BUILTIN_ENVS` (called on ``import mtrl_gym``)."""
+    for env_id, entry_point in BUILTIN_ENVS.items():
+        register_env(env_id, entry_point)

@@ -1,0 +1,310 @@
+"""Tools an agent can call: declaration, production schemas, argument validation, invocation.
+
+A :class:`Tool` is a name, an OpenAI-style JSON schema and a callable. Tools are declared from a
+Python function (schema from its signature and Google-style docstring) or from a production schema
+(OpenAI function JSON, or a Bedrock ``toolSpec``), so the agent sees exactly what a deployed
+system declares. Arguments are validated against the schema before the callable runs.
+
+Two exception types separate who is at fault, because the trainer treats them differently:
+
+- :class:`ToolError`: the agent's call was wrong (record not found, bad value). The environment
+  shows ``Error: ...`` and the episode continues.
+- Any other exception, or :class:`ToolInfraError`: the tool's infrastructure failed. The episode
+  ends with status ``infra_error`` and is excluded from training rather than scored 0.
+
+Non-goals: running tools (see ``mtrl_gym.core``) and isolating untrusted code (``sandbox``).
+"""
+
+from __future__ import annotations
+
+import enum
+import inspect
+import json
+import re
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args, get_origin
+
+import jsonschema
+
+from mtrl_gym.types import JSON, copy_json
+
+_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,63}$")
+
+
+class ToolError(Exception):
+    """A mistake in the agent's call; shown to the agent as ``Error: <message>``."""
+
+
+class ToolInfraError(Exception):
+    """The tool's infrastructure failed (service down, sandbox crashed); ends the episode."""
+
+
+@dataclass(frozen=True)
+class Tool:
+    """A callable tool with a JSON-schema for its arguments.
+
+    Attributes:
+        name: Name the agent calls the tool by.
+        description: What the tool does, shown to the agent.
+        parameters: JSON schema of the arguments object (``{"type": "object", ...}``).
+        fn: The implementation, called with keyword arguments; may be ``async``.
+        timeout_s: Wall-clock limit for one call (``None``: the environment's default).
+
+    Example:
+        >>> def add(a: int, b: int) -> int:
+        ...     '''Adds two integers.
+        ...
+        ...     Args:
+        ...         a: First addend.
+        ...         b: Second addend.
+        ...     '''
+        ...     return a + b
+        >>> t = Tool.from_function(add)
+        >>> t.schema["function"]["parameters"]["required"]
+        ['a', 'b']
+        >>> t.validate({"a": 1, "b": "2"})
+        "argument 'b': '2' is not of type 'integer'"
+    """
+
+    name: str
+    description: str
+    parameters: Mapping[str, JSON]
+    fn: Callable[..., Any]
+    timeout_s: float | None = None
+    _validator: Any = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
+            raise ValueError(f"invalid tool name {self.name!r}: use letters, digits, _ . - only")
+        if not callable(self.fn):
+            raise TypeError(f"tool {self.name!r}: fn must be callable, got {type(self.fn)}")
+        if self.parameters.get("type", "object") != "object":
+            raise ValueError(f"tool {self.name!r}: parameters schema must have type 'object'")
+        try:
+            validator_cls = jsonschema.validators.validator_for(
+                self.parameters, default=jsonschema.Draft202012Validator
+            )
+            validator_cls.check_schema(self.parameters)
+        except jsonschema.SchemaError as e:
+            raise ValueError(f"tool {self.name!r}: invalid parameters schema: {e.message}") from e
+        # Compiling the validator once per tool keeps validation cheap on the hot path.
+        object.__setattr__(self, "_validator", validator_cls(self.parameters))
+
+    @property
+    def is_async(self) -> bool:
+        """Whether ``fn`` is a coroutine function."""
+        return inspect.iscoroutinefunction(self.fn)
+
+    @property
+    def schema(self) -> dict[str, JSON]:
+        """The OpenAI function schema, as passed to chat templates (a fresh copy each call)."""
+        return {
+            "type": "function",
+            "function": {
+                "name": self.name,
+                "description": self.description,
+                "parameters": copy_json(dict(self.parameters)),
+            },
+        }
+
+    def validate(self, arguments: Any) -> str | None:
+        """Returns a clear message if ``arguments`` violate the schema, else ``None``."""
+        if not isinstance(arguments, dict):
+            return f"arguments must be a JSON object, got {type(arguments).__name__}"
+        error = jsonschema.exceptions.best_match(self._validator.iter_errors(arguments))
+        if error is None:
+            return None
+        where = ".".join(str(p) for p in error.absolute_path)
+        return f"argument '{where}': {error.message}" if where else error.message
+
+    def __call__(self, **arguments: Any) -> Any:
+        """Calls the implementation directly (no validation; the environment validates)."""
+        return self.fn(**arguments)
+
+    # ---- constructors from production schemas -------------------------------------------------
+
+    @classmethod
+    def from_openai(
+        cls, schema: Mapping[str, Any], fn: Callable[..., Any], *, timeout_s: float | None = None
+    ) -> Tool:
+        """Declares a tool from an OpenAI function schema.
+
+        Accepts both ``{"type": "function", "function": {...}}`` and the bare inner object.
+        """
+        spec = schema.get("function", schema)
+        if not isinstance(spec, Mapping) or "name" not in spec:
+            raise ValueError("OpenAI tool schema needs a 'name' (optionally under 'function')")
+        params = spec.get("parameters") or {"type": "object", "properties": {}}
+        return cls(
+            name=spec["name"],
+            description=spec.get("description", ""),
+            parameters=copy_json(dict(params)),
+            fn=fn,
+            timeout_s=timeout_s,
+        )
+
+    @classmethod
+    def from_bedrock(
+        cls, spec: Mapping[str, Any], fn: Callable[..., Any], *, timeout_s: float | None = None
+    ) -> Tool:
+        """Declares a tool from an Amazon Bedrock ``toolSpec`` (``inputSchema.json``)."""
+        inner = spec.get("toolSpec", spec)
+        try:
+            name = inner["name"]
+            params = inner["inputSchema"]["json"]
+        except (KeyError, TypeError) as e:
+            raise ValueError(
+                f"Bedrock toolSpec needs 'name' and 'inputSchema.json' (missing {e})"
+            ) from e
+        return cls(
+            name=name,
+            description=inner.get("description", ""),
+            parameters=copy_json(dict(params)),
+            fn=fn,
+            timeout_s=timeout_s,
+        )
+
+    @classmethod
+    def from_function(
+        cls,
+        fn: Callable[..., Any],
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        timeout_s: float | None = None,
+    ) -> Tool:
+        """Declares a tool from a typed Python function and its Google-style docstring.
+
+        Parameters without a default are required; ``additionalProperties`` is false, as in
+        strict production schemas.
+        """
+        doc_summary, arg_docs = _parse_docstring(inspect.getdoc(fn) or "")
+        hints = typing.get_type_hints(fn)
+        properties: dict[str, JSON] = {}
+        required: list[str] = []
+        for pname, param in inspect.signature(fn).parameters.items():
+            if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+                raise ValueError(f"tool {fn.__name__}: *args/**kwargs cannot be described")
+            if pname not in hints:
+                raise ValueError(f"tool {fn.__name__}: parameter {pname!r} needs a type hint")
+            prop = _type_to_schema(hints[pname], f"{fn.__name__}.{pname}")
+            if pname in arg_docs:
+                prop["description"] = arg_docs[pname]
+            if param.default is param.empty:
+                required.append(pname)
+            else:
+                prop["default"] = param.default
+            properties[pname] = prop
+        params: dict[str, JSON] = {
+            "type": "object",
+            "properties": properties,
+            "required": required,
+            "additionalProperties": False,
+        }
+        return cls(
+            name=name or fn.__name__,
+            description=description if description is not None else doc_summary,
+            parameters=params,
+            fn=fn,
+            timeout_s=timeout_s,
+        )
+
+
+def tool(
+    fn: Callable[..., Any] | None = None,
+    *,
+    name: str | None = None,
+    timeout_s: float | None = None,
+) -> Any:
+    """Decorator form of :meth:`Tool.from_function` (``@tool`` or ``@tool(name=...)``)."""
+
+    def wrap(f: Callable[..., Any]) -> Tool:
+        return Tool.from_function(f, name=name, timeout_s=timeout_s)
+
+    return wrap(fn) if fn is not None else wrap
+
+
+def render_result(value: Any) -> str:
+    """Renders a tool's return value as the text the agent reads.
+
+    Strings pass through; anything else is ``json.dumps`` with Python's defaults. A value JSON
+    cannot encode is a bug in the tool, hence an infrastructure error.
+    """
+    if isinstance(value, str):
+        return value
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError) as e:
+        raise ToolInfraError(f"tool returned a value that is not JSON-serialisable: {e}") from e
+
+
+# ---- schema from Python types -----------------------------------------------------------------
+
+_SIMPLE_TYPES: dict[Any, str] = {
+    str: "string",
+    int: "integer",
+    float: "number",
+    bool: "boolean",
+    type(None): "null",
+}
+
+
+def _type_to_schema(tp: Any, where: str) -> dict[str, JSON]:
+    """Maps a type hint to a JSON schema fragment; unsupported hints are a clear error."""
+    if tp in _SIMPLE_TYPES:
+        return {"type": _SIMPLE_TYPES[tp]}
+    if inspect.isclass(tp) and issubclass(tp, enum.Enum):
+        return {"enum": [m.value for m in tp]}
+    origin, args = get_origin(tp), get_args(tp)
+    if origin is Literal:
+        return {"enum": list(args)}
+    if origin in (list, tuple, typing.Sequence) or tp in (list, tuple):
+        out: dict[str, JSON] = {"type": "array"}
+        if args and not (origin is tuple and len(args) != 2 and args[-1] is not Ellipsis):
+            out["items"] = _type_to_schema(args[0], where)
+        return out
+    if origin is dict or tp is dict:
+        return {"type": "object"}
+    if origin in (typing.Union, types.UnionType):
+        return {"anyOf": [_type_to_schema(a, where) for a in args]}
+    if tp is Any:
+        return {}
+    raise ValueError(f"{where}: cannot describe type {tp!r} in a JSON schema")
+
+
+_SECTION_RE = re.compile(r"^(Args|Arguments|Returns|Raises|Yields|Example|Examples|Note)s?:\s*$")
+_ARG_RE = re.compile(r"^\s*(\*{0,2}\w+)\s*(?:\([^)]*\))?\s*:\s*(.*)$")
+
+
+def _parse_docstring(doc: str) -> tuple[str, dict[str, str]]:
+    """Splits a Google-style docstring into its summary and per-argument descriptions."""
+    lines = doc.splitlines()
+    summary: list[str] = []
+    args: dict[str, str] = {}
+    section: str | None = None
+    current: str | None = None
+    arg_indent: int | None = None
+    for line in lines:
+        m = _SECTION_RE.match(line.strip())
+        if m and not line.startswith(" " * 8):
+            section, current, arg_indent = m.group(1), None, None
+            continue
+        if section is None:
+            summary.append(line)
+            continue
+        if section not in ("Args", "Arguments") or not line.strip():
+            continue
+        indent = len(line) - len(line.lstrip())
+        am = _ARG_RE.match(line)
+        if am and (arg_indent is None or indent <= arg_indent):
+            arg_indent = indent
+            current = am.group(1).lstrip("*")
+            args[current] = am.group(2).strip()
+        elif current is not None:
+            args[current] = f"{args[current]} {line.strip()}".strip()
+    paragraphs = "\n".join(summary).strip().split("\n\n")
+    description = "\n\n".join(re.sub(r"\s*\n\s*", " ", p).strip() for p in paragraphs)
+    return description.strip(), args

@@ -1,0 +1,131 @@
+"""Plain data shared by environments, tools, formats and the episode runner.
+
+Everything here is JSON-friendly (str, int, float, bool, None, lists, dicts) so that episodes can
+be logged, compared for reproducibility and shipped to the learner without pickling. Non-goals:
+token ids and log-probs (the learner's trajectory record lives in ``mtrl_jax``).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+JSON = Any  # A value json.dumps accepts; kept as an alias so signatures say what they mean.
+
+
+class Status(enum.StrEnum):
+    """How an episode ended, as the trainer needs to know it.
+
+    ``INFRA_ERROR`` and ``TIMEOUT`` are failures of the environment's infrastructure (a tool raised,
+    a sandbox could not start, a tool or the episode ran past its wall-clock limit). The trainer
+    excludes such episodes instead of scoring them 0, which would poison a GRPO group.
+    """
+
+    OK = "ok"  # The agent committed to a well-formed final answer.
+    FORMAT_ERROR = "format_error"  # The agent's final answer could not be parsed.
+    INFRA_ERROR = "infra_error"  # A tool or sandbox failed for reasons not caused by the agent.
+    TIMEOUT = "timeout"  # A tool or the episode exceeded its wall-clock limit.
+    TRUNCATED = "truncated"  # Max turns or the token / character budget ran out.
+
+
+class Role(enum.StrEnum):
+    """Roles of messages the environment emits (the agent's own turns are ``assistant``)."""
+
+    SYSTEM = "system"
+    USER = "user"
+    ASSISTANT = "assistant"
+    TOOL = "tool"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ParsedCall:
+    """One tool call as a tool-call format parsed it from assistant text.
+
+    Attributes:
+        name: Tool name as written by the agent (may be unknown to the environment).
+        arguments: Decoded arguments; ``None`` when they could not be decoded.
+        raw: The exact text span the call came from, for error messages.
+        error: Why the call is malformed (bad JSON, missing name, ...), or ``None``.
+    """
+
+    name: str | None
+    arguments: dict[str, JSON] | None
+    raw: str
+    error: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ParseResult:
+    """What a tool-call format found in one assistant message.
+
+    Attributes:
+        content: The assistant text with tool-call markup removed (reasoning, prose).
+        calls: Calls in the order they appear, malformed ones included (with ``error`` set).
+    """
+
+    content: str
+    calls: tuple[ParsedCall, ...] = ()
+
+
+@dataclass(kw_only=True)
+class ToolCallRecord:
+    """One executed (or rejected) tool call, as reported in ``info["tool_calls"]``."""
+
+    id: str
+    name: str | None
+    arguments: dict[str, JSON] | None
+    result: str | None = None
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, JSON]:
+        """Returns a fresh JSON-friendly dict (Gymnasium checks that infos share no objects)."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "arguments": _copy_json(self.arguments),
+            "result": self.result,
+            "error": self.error,
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
+class Task:
+    """One task instance an environment can present.
+
+    Attributes:
+        id: Stable identifier, unique within the environment's split.
+        prompt: The user message that states the task.
+        system: Optional system message (instructions, procedure text).
+        answer: Hidden ground truth used by rewards and evaluators; never shown to the agent.
+        metadata: Free-form extras for tools and evaluators (JSON-friendly).
+    """
+
+    id: str
+    prompt: str
+    system: str | None = None
+    answer: JSON = None
+    metadata: dict[str, JSON] = field(default_factory=dict)
+
+
+def message(role: Role | str, content: str, **extra: JSON) -> dict[str, JSON]:
+    """Builds a chat message dict in the OpenAI / transformers chat-template layout.
+
+    >>> message("tool", "42", tool_call_id="call_0_0", name="add")
+    {'role': 'tool', 'content': '42', 'tool_call_id': 'call_0_0', 'name': 'add'}
+    """
+    out: dict[str, JSON] = {"role": str(role), "content": content}
+    out.update(extra)
+    return out
+
+
+def _copy_json(value: JSON) -> JSON:
+    """Deep-copies a JSON-like value (faster than ``copy.deepcopy`` for plain data)."""
+    if isinstance(value, dict):
+        return {k: _copy_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_copy_json(v) for v in value]
+    return value
+
+
+copy_json = _copy_json
