@@ -101,14 +101,14 @@ def play(
     policy: Policy | None = None,
     oracle: bool = False,
     max_steps: int = 64,
-) -> list[Any]:
+) -> list[dict[str, Any]]:
     """Plays one episode and returns its full record: reset output, then every step's output.
 
     One of ``actions`` (a fixed script), ``policy``, or ``oracle`` (the environment's oracle
     policy for the task drawn at reset) is used; with none, the probe script is played.
     """
     obs, info = env.reset(seed=seed, options=options)
-    record: list[Any] = [("reset", obs, _scrub(info))]
+    record: list[dict[str, Any]] = [{"reset": seed, "observation": obs, "info": _scrub(info)}]
     script = list(actions) if actions is not None else None
     if oracle:
         policy = env.unwrapped.oracle_policy()  # type: ignore[attr-defined]
@@ -125,7 +125,16 @@ def play(
             assert policy is not None
             action = policy(obs, info)
         obs, reward, terminated, truncated, info = env.step(action)
-        record.append(("step", action, obs, reward, terminated, truncated, _scrub(info)))
+        record.append(
+            {
+                "action": action,
+                "observation": obs,
+                "reward": reward,
+                "terminated": terminated,
+                "truncated": truncated,
+                "info": _scrub(info),
+            }
+        )
         if terminated or truncated:
             break
     return record

@@ -99,7 +99,8 @@ class TextEnv(gym.Env[str, str]):
         render_mode: ``None`` or ``"ansi"`` (the transcript as text).
     """
 
-    metadata: dict[str, Any] = {"render_modes": ["ansi"]}
+    # Text renders have no frame rate; Gymnasium's checker asks for one to be declared.
+    metadata: dict[str, Any] = {"render_modes": ["ansi"], "render_fps": 1}
 
     def __init__(
         self,

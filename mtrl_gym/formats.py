@@ -682,7 +682,7 @@ def _raw_decode(text: str, start: int) -> tuple[Any, int, str | None]:
     try:
         value, end = _DECODER.raw_decode(text, start)
     except json.JSONDecodeError as exc:
-        return None, start, f"{exc.msg} at line {exc.lineno} column {exc.colno} (char {exc.pos})"
+        return None, start, _describe(exc)
     except RecursionError:  # Belt and braces: the depth check should have caught it.
         return None, start, "nesting too deep"
     except ValueError:
@@ -695,10 +695,14 @@ def _decode_json(text: str) -> tuple[Any, str | None]:
     """Decodes a whole string as one JSON value; returns ``(value, error)``. Never raises."""
     start = _WS.match(text).end()
     value, end, error = _raw_decode(text, start)
-    if error is None and _WS.match(text, end).end() != len(text):
-        pos = _WS.match(text, end).end()
-        return None, f"extra data after the JSON value at char {pos}"
+    if error is None and (pos := _WS.match(text, end).end()) != len(text):
+        return None, _describe(json.JSONDecodeError("Extra data", text, pos))
     return value, error
+
+
+def _describe(exc: json.JSONDecodeError) -> str:
+    """Formats a decode error with its position, which the agent needs to find its mistake."""
+    return f"{exc.msg} at line {exc.lineno} column {exc.colno} (char {exc.pos})"
 
 
 def _json_type(value: Any) -> str:

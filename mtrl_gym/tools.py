@@ -196,7 +196,8 @@ class Tool:
             if param.default is param.empty:
                 required.append(pname)
             else:
-                prop["default"] = param.default
+                default = param.default
+                prop["default"] = default.value if isinstance(default, enum.Enum) else default
             properties[pname] = prop
         params: dict[str, JSON] = {
             "type": "object",
