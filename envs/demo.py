@@ -33,14 +33,21 @@ def _oracle(env: gym.Env) -> Any:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Runs the demo and returns the summary it prints."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--env", default="mtrl/OrderLookup-v0", choices=mtrl_gym.registered_env_ids())
+    parser.add_argument(
+        "--env", default="mtrl/OrderLookup-v0", choices=mtrl_gym.registered_env_ids()
+    )
     parser.add_argument("--episodes", type=int, default=12)
     parser.add_argument("--tool-format", default="hermes", choices=mtrl_gym.available_formats())
     args = parser.parse_args(argv)
 
     envs = [gym.make(args.env, tool_format=args.tool_format) for _ in range(args.episodes)]
     jobs = [
-        EpisodeJob(env=env, policy=_oracle(env), options={"task_index": i % len(env.unwrapped.tasks())}, tag=i)
+        EpisodeJob(
+            env=env,
+            policy=_oracle(env),
+            options={"task_index": i % len(env.unwrapped.tasks())},
+            tag=i,
+        )
         for i, env in enumerate(envs)
     ]
     start = time.perf_counter()

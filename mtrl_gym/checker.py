@@ -213,4 +213,3 @@ def check_reproducible(
         first.close()
         second.close()
     return compared
-

@@ -45,7 +45,7 @@ from mtrl_gym.evaluation import (
 from mtrl_gym.formats import ToolCallFormat, get_format
 from mtrl_gym.resources import EpisodeResources
 from mtrl_gym.spaces import TextSpace
-from mtrl_gym.tools import Tool, ToolError, ToolInfraError, render_result
+from mtrl_gym.tools import Tool, ToolError, render_result
 from mtrl_gym.types import JSON, ParsedCall, Role, Status, Task, ToolCallRecord, message
 
 # Tools that block run on these threads so a per-call timeout can be enforced and so the async
@@ -308,7 +308,9 @@ class TextEnv(gym.Env[str, str]):
             id=f"call_{self._turn}_{index}", name=call.name, arguments=call.arguments
         )
         if index >= self.max_tool_calls_per_turn:
-            record.error = f"too many tool calls in one message (at most {self.max_tool_calls_per_turn})"
+            record.error = (
+                f"too many tool calls in one message (at most {self.max_tool_calls_per_turn})"
+            )
         elif call.error is not None:
             record.error = f"malformed tool call: {call.error}"
         elif call.name not in self._tools:
@@ -383,9 +385,7 @@ class TextEnv(gym.Env[str, str]):
             else:
                 record.result = self._cut(outcome)
             content = record.result if record.error is None else f"Error: {record.error}"
-            messages.append(
-                message(Role.TOOL, content, tool_call_id=record.id, name=record.name)
-            )
+            messages.append(message(Role.TOOL, content, tool_call_id=record.id, name=record.name))
             records.append(record)
         if infra is not None:
             return self._end(messages, records, infra.status, None, terminated=False)
@@ -406,11 +406,25 @@ class TextEnv(gym.Env[str, str]):
     ) -> tuple[str, float, bool, bool, dict[str, Any]]:
         observation = self._observe(messages)
         if self._turn >= self.max_turns or self._over_budget():
-            return self._end(messages, records, Status.TRUNCATED, None, terminated=False,
-                             format_error=format_error, observed=observation)
+            return self._end(
+                messages,
+                records,
+                Status.TRUNCATED,
+                None,
+                terminated=False,
+                format_error=format_error,
+                observed=observation,
+            )
         if self.time_limit_s is not None and time.monotonic() - self._start > self.time_limit_s:
-            return self._end(messages, records, Status.TIMEOUT, None, terminated=False,
-                             format_error=format_error, observed=observation)
+            return self._end(
+                messages,
+                records,
+                Status.TIMEOUT,
+                None,
+                terminated=False,
+                format_error=format_error,
+                observed=observation,
+            )
         info = self._step_info(messages, records, format_error)
         return observation, 0.0, False, False, info
 
@@ -482,9 +496,7 @@ class TextEnv(gym.Env[str, str]):
 
     def _over_budget(self) -> bool:
         over_chars = self.max_episode_chars is not None and self._chars > self.max_episode_chars
-        over_tokens = (
-            self.max_episode_tokens is not None and self._tokens > self.max_episode_tokens
-        )
+        over_tokens = self.max_episode_tokens is not None and self._tokens > self.max_episode_tokens
         return over_chars or over_tokens
 
     def _release_resources(self) -> None:

@@ -41,7 +41,9 @@ class FinalAnswer:
 class AnswerExtractor(Protocol):
     """Finds the final answer in one assistant message; ``None`` means the agent did not answer."""
 
-    def __call__(self, text: str) -> FinalAnswer | None: ...
+    def __call__(self, text: str) -> FinalAnswer | None:
+        """Returns the answer in ``text``, or ``None`` if there is none."""
+        ...
 
 
 _FENCE_RE = re.compile(r"^```(?:json)?\s*\n?(.*?)\n?```$", re.DOTALL)
@@ -103,13 +105,17 @@ class EpisodeSummary:
 class RewardFn(Protocol):
     """Maps a finished episode to a scalar reward."""
 
-    def __call__(self, episode: EpisodeSummary) -> float: ...
+    def __call__(self, episode: EpisodeSummary) -> float:
+        """Returns the episode's reward."""
+        ...
 
 
 class Evaluator(Protocol):
     """Maps a finished episode to a dict of end-task metrics; must include ``success``."""
 
-    def __call__(self, episode: EpisodeSummary) -> dict[str, JSON]: ...
+    def __call__(self, episode: EpisodeSummary) -> dict[str, JSON]:
+        """Returns the episode's end-task metrics."""
+        ...
 
 
 def json_equal(a: JSON, b: JSON) -> bool:

@@ -624,12 +624,15 @@ class _FinalOutputGuard:
 
 
 def _dumps(value: JSON) -> str:
-    r"""Serialises JSON for rendering: readable unicode, strict JSON, no ``</`` sequences.
+    r"""Serialises JSON for rendering: readable unicode, strict JSON, no markup look-alikes.
 
-    ``</`` only ever occurs inside JSON strings, where ``<\/`` means the same thing, so the
-    escape keeps a value like ``"</tool_call>"`` from closing the surrounding markup.
+    ``<`` only ever occurs inside JSON strings, where ``<\/`` means ``</`` and ``\u003c`` means
+    ``<``. Escaping closing tags and ``<tool_call`` keeps a value like ``"</tool_call>"`` from
+    ending, or ``"<tool_call>"`` from interrupting, the surrounding markup; other ``<`` stay
+    readable.
     """
-    return json.dumps(value, ensure_ascii=False, allow_nan=False).replace("</", "<\\/")
+    text = json.dumps(value, ensure_ascii=False, allow_nan=False)
+    return text.replace("</", "<\\/").replace("<tool_call", "\\u003ctool_call")
 
 
 def _prompt_json(value: JSON) -> str:

@@ -43,9 +43,7 @@ def register_env(env_id: str, entry_point: str, **kwargs: Any) -> None:
         return
     # ``disable_env_checker``: Gymnasium's passive checker knows nothing of text spaces;
     # ``check_env`` and ``check_reproducible`` run the real checks (see ``mtrl_gym.checker``).
-    gym.register(
-        id=env_id, entry_point=entry_point, kwargs=kwargs, disable_env_checker=True
-    )
+    gym.register(id=env_id, entry_point=entry_point, kwargs=kwargs, disable_env_checker=True)
 
 
 def registered_env_ids() -> list[str]:

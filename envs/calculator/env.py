@@ -20,19 +20,28 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+from mtrl_gym.sandbox import SandboxLimits, run_python
 
 from mtrl_gym import EpisodeResources, Task, TextEnv, Tool, ToolError
-from mtrl_gym.sandbox import SandboxLimits, run_python
 
 SYSTEM = """You solve arithmetic problems exactly. You may run Python code with the run_python
 tool (print what you need; the tool returns standard output). Answer with
 <final_output>{"answer": <integer>}</final_output>."""
 
 _TEMPLATES = (
-    ("the sum of the squares of the integers from {a} to {b}", "sum(i * i for i in range({a}, {b} + 1))"),
+    (
+        "the sum of the squares of the integers from {a} to {b}",
+        "sum(i * i for i in range({a}, {b} + 1))",
+    ),
     ("{a} to the power {c}, modulo {m}", "pow({a}, {c}, {m})"),
-    ("the product of {a} and {b}, minus the integer part of {b} divided by {c}", "{a} * {b} - {b} // {c}"),
-    ("the number of primes below {b}", "sum(all(n % d for d in range(2, int(n ** 0.5) + 1)) for n in range(2, {b}))"),
+    (
+        "the product of {a} and {b}, minus the integer part of {b} divided by {c}",
+        "{a} * {b} - {b} // {c}",
+    ),
+    (
+        "the number of primes below {b}",
+        "sum(all(n % d for d in range(2, int(n ** 0.5) + 1)) for n in range(2, {b}))",
+    ),
 )
 
 
@@ -47,7 +56,12 @@ def make_task(index: int) -> Task:
         "m": int(rng.integers(97, 10_007)),
     }
     expression = formula.format(**values)
-    answer = int(eval(expression, {"__builtins__": {"sum": sum, "range": range, "pow": pow, "all": all, "int": int}}))  # noqa: S307 - our own formula
+    answer = int(
+        eval(
+            expression,
+            {"__builtins__": {"sum": sum, "range": range, "pow": pow, "all": all, "int": int}},
+        )
+    )  # noqa: S307 - our own formula
     return Task(
         id=f"calculator-{index:03d}",
         prompt=f"Compute {text.format(**values)}.",
@@ -66,9 +80,7 @@ class CalculatorEnv(TextEnv):
         **kwargs: Passed to :class:`~mtrl_gym.TextEnv`.
     """
 
-    def __init__(
-        self, *, num_tasks: int = 32, limits: SandboxLimits | None = None, **kwargs: Any
-    ):
+    def __init__(self, *, num_tasks: int = 32, limits: SandboxLimits | None = None, **kwargs: Any):
         super().__init__(**kwargs)
         self.limits = limits or SandboxLimits(timeout_s=5.0, memory_mb=256)
         self._tasks = tuple(make_task(i) for i in range(num_tasks))

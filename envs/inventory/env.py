@@ -41,9 +41,7 @@ def make_task(index: int) -> Task:
     for sku, qty in moves:
         if final[sku] + qty >= 0:  # oversized shipments are rejected, as the SOP says
             final[sku] += qty
-    lines = "\n".join(
-        f"- {'receive' if q > 0 else 'ship'} {abs(q)} x {s}" for s, q in moves
-    )
+    lines = "\n".join(f"- {'receive' if q > 0 else 'ship'} {abs(q)} x {s}" for s, q in moves)
     return Task(
         id=f"inventory-{index:03d}",
         prompt=f"Apply these stock movements:\n{lines}",
@@ -121,7 +119,11 @@ class InventoryEnv(TextEnv):
         answer = None if episode.final_answer is None else episode.final_answer.value
         fields = field_matches(answer, expected)
         answered = str(episode.status) == "ok" and all(fields.values())
-        return {"success": db_ok and answered, "database_correct": db_ok, "answer_correct": answered}
+        return {
+            "success": db_ok and answered,
+            "database_correct": db_ok,
+            "answer_correct": answered,
+        }
 
     def oracle_policy(self) -> Callable[[str, dict[str, Any]], str]:
         """Applies each movement, then reports the levels it read back from the tools."""

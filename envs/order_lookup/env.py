@@ -18,6 +18,7 @@ from importlib import resources
 from typing import Any
 
 from mtrl_envs.order_lookup.generate import TODAY, return_allowed
+
 from mtrl_gym import EpisodeResources, Recording, Task, TextEnv, Tool, replay_tools
 
 SYSTEM = f"""You are a customer-service agent. Today is {TODAY.isoformat()}.
@@ -77,7 +78,9 @@ def load_recording() -> Recording:
 def load_tasks() -> tuple[Task, ...]:
     """The shipped tasks."""
     rows = [json.loads(line) for line in _data("tasks.jsonl").splitlines() if line.strip()]
-    return tuple(Task(id=r["id"], prompt=r["prompt"], system=SYSTEM, answer=r["answer"]) for r in rows)
+    return tuple(
+        Task(id=r["id"], prompt=r["prompt"], system=SYSTEM, answer=r["answer"]) for r in rows
+    )
 
 
 class OrderLookupEnv(TextEnv):

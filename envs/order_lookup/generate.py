@@ -59,7 +59,11 @@ def generate(seed: int = 0, n_tasks: int = 12) -> tuple[list[dict], list[dict]]:
             order_rec["response"] = order
         recordings.append(order_rec)
         recordings.append(
-            {"tool": "get_customer", "arguments": {"customer_id": customer_id}, "response": customer}
+            {
+                "tool": "get_customer",
+                "arguments": {"customer_id": customer_id},
+                "response": customer,
+            }
         )
         allowed = order["status"] == "delivered" and return_allowed(order, customer)
         tasks.append(

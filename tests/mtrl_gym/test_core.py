@@ -4,10 +4,9 @@ import random
 
 import numpy as np
 import pytest
-from tests.mtrl_gym.toy import ASYNC_SLEEPY, CRASH, SLEEPY, ToyEnv
 
-from mtrl_gym import Status
 from mtrl_gym.core import NO_CALL_FEEDBACK
+from tests.mtrl_gym.toy import ASYNC_SLEEPY, SLEEPY, ToyEnv
 
 
 def call(name, **arguments):
@@ -18,7 +17,12 @@ def test_reset__info_has_tools_messages_and_task(toy_env):
     obs, info = toy_env.reset(options={"task_id": "t0"})
     assert info["task_id"] == "t0"
     assert [t["function"]["name"] for t in info["tools"]] == [
-        "add", "lookup", "crash", "sleepy", "async_sleepy"]
+        "add",
+        "lookup",
+        "crash",
+        "sleepy",
+        "async_sleepy",
+    ]
     assert info["tools"][0] == {
         "type": "function",
         "function": {
@@ -48,14 +52,22 @@ def test_step__tool_call_result_and_final_answer(toy_env):
     obs, reward, terminated, truncated, info = toy_env.step("I'll add. " + call("add", a=2, b=3))
     assert (reward, terminated, truncated) == (0.0, False, False)
     assert info["tool_calls"] == [
-        {"id": "call_1_0", "name": "add", "arguments": {"a": 2, "b": 3}, "result": "5", "error": None}
+        {
+            "id": "call_1_0",
+            "name": "add",
+            "arguments": {"a": 2, "b": 3},
+            "result": "5",
+            "error": None,
+        }
     ]
     assert info["messages"] == [
         {"role": "tool", "content": "5", "tool_call_id": "call_1_0", "name": "add"}
     ]
     assert "5" in obs and info["format_error"] is False
     assert "status" not in info
-    obs, reward, terminated, truncated, info = toy_env.step('<final_output>{"sum": 5}</final_output>')
+    obs, reward, terminated, truncated, info = toy_env.step(
+        '<final_output>{"sum": 5}</final_output>'
+    )
     assert (reward, terminated, truncated) == (1.0, True, False)
     assert info["status"] == "ok"
     assert info["final_answer"]["value"] == {"sum": 5}
@@ -112,8 +124,12 @@ def test_step__wrong_answer_scores_zero_and_fails_eval(toy_env):
     toy_env.reset(options={"task_id": "t1"})
     _, reward, terminated, _, info = toy_env.step('<final_output>{"sum": 14}</final_output>')
     assert reward == 0.0 and terminated and info["status"] == "ok"
-    assert info["eval"] == {"success": False, "field_accuracy": 0.0, "fields": {"sum": False},
-                            "status": "ok"}
+    assert info["eval"] == {
+        "success": False,
+        "field_accuracy": 0.0,
+        "fields": {"sum": False},
+        "status": "ok",
+    }
 
 
 def test_step__tool_exception_is_infra_error_not_a_zero_score(toy_env):
@@ -180,8 +196,12 @@ def test_step__after_the_end_is_an_error(toy_env):
 
 
 def test_astep__equals_step(toy_env):
-    actions = [call("add", a=2, b=3) + call("lookup", key="x"), call("async_sleepy", seconds=0.01),
-               "thinking", '<final_output>{"sum": 5}</final_output>']
+    actions = [
+        call("add", a=2, b=3) + call("lookup", key="x"),
+        call("async_sleepy", seconds=0.01),
+        "thinking",
+        '<final_output>{"sum": 5}</final_output>',
+    ]
     sync = [toy_env.reset(options={"task_id": "t0"})] + [toy_env.step(a) for a in actions]
 
     async def play():
@@ -217,7 +237,9 @@ def test_render__ansi_transcript():
     env.reset(options={"task_id": "t0"})
     env.step(call("add", a=2, b=3))
     text = env.render()
-    assert "[user] Add 2 and 3." in text and "[assistant] <tool_call>" in text and "[tool] 5" in text
+    assert (
+        "[user] Add 2 and 3." in text and "[assistant] <tool_call>" in text and "[tool] 5" in text
+    )
 
 
 def test_init__bad_config_is_a_clear_error():

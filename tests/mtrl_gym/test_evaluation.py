@@ -17,13 +17,18 @@ from mtrl_gym import (
 from mtrl_gym.evaluation import field_matches, json_equal
 
 
-def summary(value=None, status=Status.OK, calls=0, invalid=0, format_errors=0,
-            answer=None, error=None):
+def summary(
+    value=None, status=Status.OK, calls=0, invalid=0, format_errors=0, answer=None, error=None
+):
     fa = None if value is None and error is None else FinalAnswer(raw="", value=value, error=error)
     return EpisodeSummary(
         task=Task(id="t", prompt="p", answer={"a": 1, "b": "x"} if answer is None else answer),
-        status=status, final_answer=fa, tool_calls=tuple({} for _ in range(calls)), turns=1,
-        invalid_tool_calls=invalid, format_errors=format_errors,
+        status=status,
+        final_answer=fa,
+        tool_calls=tuple({} for _ in range(calls)),
+        turns=1,
+        invalid_tool_calls=invalid,
+        format_errors=format_errors,
     )
 
 
@@ -31,12 +36,23 @@ def summary(value=None, status=Status.OK, calls=0, invalid=0, format_errors=0,
     ("text", "value", "error"),
     [
         ('<final_output>{"a": 1}</final_output>', {"a": 1}, None),
-        ('x <final_output>{"a": 1}</final_output> y <final_output>{"a": 2}</final_output>',
-         {"a": 2}, None),
+        (
+            'x <final_output>{"a": 1}</final_output> y <final_output>{"a": 2}</final_output>',
+            {"a": 2},
+            None,
+        ),
         ('<final_output>\n```json\n{"a": 1}\n```\n</final_output>', {"a": 1}, None),
-        ("<final_output>[1, 2]</final_output>", None, "final answer must be a JSON object, got list"),
+        (
+            "<final_output>[1, 2]</final_output>",
+            None,
+            "final answer must be a JSON object, got list",
+        ),
         ('<final_output>{"a": 1}', None, "final answer has no closing </final_output> tag"),
-        ("<final_output>" + "[" * 100_000 + "</final_output>", None, "final answer is not valid JSON"),
+        (
+            "<final_output>" + "[" * 100_000 + "</final_output>",
+            None,
+            "final answer is not valid JSON",
+        ),
     ],
 )
 def test_tag_extractor__last_block_decoded(text, value, error):
@@ -82,7 +98,11 @@ def test_rewards__exact_partial_format_penalty_and_sum():
 def test_evaluator__independent_of_reward_shaping():
     ev = ExactMatchEvaluator()
     assert ev(summary({"a": 1, "b": "x"}, calls=9, invalid=9)) == {
-        "success": True, "field_accuracy": 1.0, "fields": {"a": True, "b": True}, "status": "ok"}
+        "success": True,
+        "field_accuracy": 1.0,
+        "fields": {"a": True, "b": True},
+        "status": "ok",
+    }
     assert ev(summary({"a": 1, "b": "y"}))["field_accuracy"] == 0.5
     out = ev(summary({"a": 1, "b": "x"}, status=Status.INFRA_ERROR))
     assert out["success"] is False and out["status"] == "infra_error"

@@ -30,23 +30,6 @@ FORMAT_IDS = [f.name for f in FORMATS]
 ANY_CHAR = st.characters(codec=None, exclude_categories=())
 ANY_TEXT = st.text(alphabet=ANY_CHAR)
 
-JSON_SCALARS = (
-    st.none()
-    | st.booleans()
-    # Bounded: json.dumps itself refuses ints of more than 4300 digits.
-    | st.integers(min_value=-(10**300), max_value=10**300)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | ANY_TEXT
-)
-JSON_VALUES = st.recursive(
-    JSON_SCALARS,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(ANY_TEXT, inner, max_size=4),
-    max_leaves=20,
-)
-JSON_OBJECTS = st.dictionaries(ANY_TEXT, JSON_VALUES, max_size=5)
-TOOL_NAMES = st.from_regex(r"[A-Za-z_][A-Za-z0-9_.\-]{0,30}", fullmatch=True)
-CALLS = st.lists(st.tuples(TOOL_NAMES, JSON_OBJECTS), max_size=4)
-
 # Pieces of markup that near-miss inputs are stitched from.
 FRAGMENTS = [
     "<tool_call>",
@@ -91,6 +74,26 @@ FRAGMENTS = [
     "\x00",
     "\u2028",
 ]
+# Text that often contains markup look-alikes, to stress escaping and content checks.
+MARKUP_TEXT = st.lists(st.sampled_from(FRAGMENTS) | ANY_TEXT, max_size=6).map("".join)
+STRINGS = ANY_TEXT | MARKUP_TEXT
+
+JSON_SCALARS = (
+    st.none()
+    | st.booleans()
+    # Bounded: json.dumps itself refuses ints of more than 4300 digits.
+    | st.integers(min_value=-(10**300), max_value=10**300)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | STRINGS
+)
+JSON_VALUES = st.recursive(
+    JSON_SCALARS,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(STRINGS, inner, max_size=4),
+    max_leaves=20,
+)
+JSON_OBJECTS = st.dictionaries(STRINGS, JSON_VALUES, max_size=5)
+TOOL_NAMES = st.from_regex(r"[A-Za-z_][A-Za-z0-9_.\-]{0,30}", fullmatch=True)
+CALLS = st.lists(st.tuples(TOOL_NAMES, JSON_OBJECTS), max_size=4)
 
 
 def _parse_all(text: str) -> None:
@@ -234,7 +237,7 @@ ADVERSARIAL = {
     "tags_then_close": "<tool_call>" * (_NEAR_MISS_LEN // 22) + "</tool_call>",
     "closed_empty_calls": "<tool_call></tool_call>" * (_NEAR_MISS_LEN // 23),
     "escaped_quotes": '<tool_call>"' + '\\"' * (_NEAR_MISS_LEN // 2) + "</tool_call>",
-    "quote_runs": '<tool_call>[' + '"\\' * (_NEAR_MISS_LEN // 2),
+    "quote_runs": "<tool_call>[" + '"\\' * (_NEAR_MISS_LEN // 2),
     "backslashes": '<tool_call>["' + "\\" * _NEAR_MISS_LEN + '"]</tool_call>',
     "name_then_spaces": '<tool_call>{"name"' + " " * _NEAR_MISS_LEN,
     "name_hints": '"name" :' * (_NEAR_MISS_LEN // 8),
@@ -275,7 +278,7 @@ def _assert_round_trip(
 
 
 @settings(max_examples=150, deadline=None)
-@given(calls=CALLS, content=ANY_TEXT)
+@given(calls=CALLS, content=STRINGS)
 def test_hermes_round_trip__restores_calls_and_content(
     calls: list[tuple[str, dict[str, Any]]], content: str
 ) -> None:
@@ -285,7 +288,7 @@ def test_hermes_round_trip__restores_calls_and_content(
 
 
 @settings(max_examples=150, deadline=None)
-@given(calls=CALLS, content=ANY_TEXT)
+@given(calls=CALLS, content=STRINGS)
 def test_json_round_trip__restores_calls_or_content(
     calls: list[tuple[str, dict[str, Any]]], content: str
 ) -> None:
@@ -297,7 +300,7 @@ def test_json_round_trip__restores_calls_or_content(
 
 
 @settings(max_examples=150, deadline=None)
-@given(calls=st.lists(st.tuples(TOOL_NAMES, JSON_OBJECTS), max_size=1), content=ANY_TEXT)
+@given(calls=st.lists(st.tuples(TOOL_NAMES, JSON_OBJECTS), max_size=1), content=STRINGS)
 def test_react_round_trip__restores_call_and_content(
     calls: list[tuple[str, dict[str, Any]]], content: str
 ) -> None:
@@ -410,7 +413,9 @@ def test_hermes_parse__non_string_name() -> None:
 def test_hermes_parse__empty_name() -> None:
     raw = '<tool_call>{"name": " ", "arguments": {}}</tool_call>'
     assert HermesFormat().parse(raw).calls == (
-        ParsedCall(name=" ", arguments=None, raw=raw, error='"name" in <tool_call> must not be empty'),
+        ParsedCall(
+            name=" ", arguments=None, raw=raw, error='"name" in <tool_call> must not be empty'
+        ),
     )
 
 
@@ -428,9 +433,7 @@ def test_hermes_parse__non_object_arguments() -> None:
 
 def test_hermes_parse__string_encoded_arguments_are_accepted() -> None:
     raw = '<tool_call>{"name": "add", "arguments": "{\\"a\\": 1}"}</tool_call>'
-    assert HermesFormat().parse(raw).calls == (
-        ParsedCall(name="add", arguments={"a": 1}, raw=raw),
-    )
+    assert HermesFormat().parse(raw).calls == (ParsedCall(name="add", arguments={"a": 1}, raw=raw),)
 
 
 def test_hermes_parse__string_arguments_without_object_are_rejected() -> None:
@@ -459,8 +462,7 @@ def test_hermes_parse__non_object_body() -> None:
             name=None,
             arguments=None,
             raw=raw,
-            error='<tool_call> must hold a JSON object with "name" and "arguments", '
-            "got an array",
+            error='<tool_call> must hold a JSON object with "name" and "arguments", got an array',
         ),
     )
 
@@ -564,7 +566,9 @@ def test_hermes_parse__huge_integer_is_an_error_not_a_crash() -> None:
 
 
 def test_hermes_parse__surrogates_and_nul_pass_through() -> None:
-    raw = '<tool_call>{"name": "echo", "arguments": {"s": "\ud800\x00", "t": "\\udfff"}}</tool_call>'
+    raw = (
+        '<tool_call>{"name": "echo", "arguments": {"s": "\ud800\x00", "t": "\\udfff"}}</tool_call>'
+    )
     assert HermesFormat().parse("\x00" + raw) == ParseResult(
         content="\x00",
         calls=(ParsedCall(name="echo", arguments={"s": "\ud800\x00", "t": "\udfff"}, raw=raw),),
@@ -602,7 +606,9 @@ def test_json_parse__single_object() -> None:
     assert JsonFormat().parse(text) == ParseResult(
         content="",
         calls=(
-            ParsedCall(name="add", arguments={"a": 1}, raw='{"name": "add", "arguments": {"a": 1}}'),
+            ParsedCall(
+                name="add", arguments={"a": 1}, raw='{"name": "add", "arguments": {"a": 1}}'
+            ),
         ),
     )
 
@@ -612,7 +618,9 @@ def test_json_parse__fenced_object() -> None:
     assert JsonFormat().parse(text) == ParseResult(
         content="",
         calls=(
-            ParsedCall(name="add", arguments={"a": 1}, raw='{"name": "add", "arguments": {"a": 1}}'),
+            ParsedCall(
+                name="add", arguments={"a": 1}, raw='{"name": "add", "arguments": {"a": 1}}'
+            ),
         ),
     )
 
@@ -623,7 +631,9 @@ def test_json_parse__list_of_calls_with_exact_spans() -> None:
         content="",
         calls=(
             ParsedCall(name="a", arguments={}, raw='{"name": "a"}'),
-            ParsedCall(name="b", arguments={"x": [1]}, raw='{"name": "b", "arguments": {"x": [1]}}'),
+            ParsedCall(
+                name="b", arguments={"x": [1]}, raw='{"name": "b", "arguments": {"x": [1]}}'
+            ),
             ParsedCall(
                 name=None,
                 arguments=None,
@@ -710,11 +720,7 @@ def test_json_render_result__is_a_json_object() -> None:
 
 
 def test_react_parse__thought_action_and_input() -> None:
-    text = (
-        "Thought: I should add them.\n"
-        "Action: add\n"
-        'Action Input: {"a": 1,\n  "b": 2}\n'
-    )
+    text = 'Thought: I should add them.\nAction: add\nAction Input: {"a": 1,\n  "b": 2}\n'
     assert ReActFormat().parse(text) == ParseResult(
         content="I should add them.",
         calls=(
@@ -729,9 +735,7 @@ def test_react_parse__thought_action_and_input() -> None:
 
 def test_react_parse__blank_lines_between_action_and_input_are_allowed() -> None:
     text = "Action:  add \n\n  Action Input:\n{}"
-    assert ReActFormat().parse(text).calls == (
-        ParsedCall(name="add", arguments={}, raw=text),
-    )
+    assert ReActFormat().parse(text).calls == (ParsedCall(name="add", arguments={}, raw=text),)
 
 
 def test_react_parse__action_without_input() -> None:
@@ -797,7 +801,9 @@ def test_react_parse__non_object_input() -> None:
 
 def test_react_parse__string_encoded_input_is_accepted() -> None:
     text = 'Action: add\nAction Input: "{\\"a\\": 1}"'
-    assert ReActFormat().parse(text).calls == (ParsedCall(name="add", arguments={"a": 1}, raw=text),)
+    assert ReActFormat().parse(text).calls == (
+        ParsedCall(name="add", arguments={"a": 1}, raw=text),
+    )
 
 
 def test_react_parse__second_action_is_reported_as_extra() -> None:

@@ -55,7 +55,11 @@ def test_check_reproducible__catches_a_nondeterministic_tool():
 
     counter = itertools.count()
     ticking = Tool.from_function(lambda: next(counter), name="tick", description="Counts.")
-    with pytest.raises(ReproducibilityError, match=r"seed 0, probe script, play 1 vs play 2: \[\d+\]\.info\.messages\[0\]\.content: '0' != '1'"):
+    with pytest.raises(
+        ReproducibilityError,
+        match=r"seed 0, probe script, play 1 vs play 2: "
+        r"\[\d+\]\.info\.messages\[0\]\.content: '0' != '1'",
+    ):
         check_reproducible(lambda: ToyEnv(extra_tools=(ticking,)), seeds=(0,))
 
 
@@ -79,8 +83,11 @@ def test_make_vec__text_envs_vectorise(mode):
     try:
         obs, info = envs.reset(seed=[0, 1, 2])
         assert isinstance(obs, tuple) and len(obs) == 3 and all(isinstance(o, str) for o in obs)
-        actions = ('<tool_call>{"name": "get_order", "arguments": {"order_id": "O-1000"}}</tool_call>',
-                   "no call", "<final_output>{}</final_output>")
+        actions = (
+            '<tool_call>{"name": "get_order", "arguments": {"order_id": "O-1000"}}</tool_call>',
+            "no call",
+            "<final_output>{}</final_output>",
+        )
         obs, rewards, terminated, truncated, info = envs.step(actions)
         assert list(terminated) == [False, False, True]
         assert "customer_id" in obs[0] and "neither a tool call" in obs[1]

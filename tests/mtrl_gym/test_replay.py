@@ -12,8 +12,11 @@ SCHEMA = {
         "description": "Fetch a user.",
         "parameters": {
             "type": "object",
-            "properties": {"user_id": {"type": "integer"}, "verbose": {"type": "boolean"},
-                           "fields": {"type": "array"}},
+            "properties": {
+                "user_id": {"type": "integer"},
+                "verbose": {"type": "boolean"},
+                "fields": {"type": "array"},
+            },
             "required": ["user_id"],
         },
     },
@@ -21,16 +24,25 @@ SCHEMA = {
 
 
 def test_canonical_json__key_order_and_spacing_do_not_matter():
-    assert canonical_json({"b": 1, "a": {"d": [1, 2], "c": "é"}}) == '{"a":{"c":"é","d":[1,2]},"b":1}'
+    assert (
+        canonical_json({"b": 1, "a": {"d": [1, 2], "c": "é"}}) == '{"a":{"c":"é","d":[1,2]},"b":1}'
+    )
 
 
 def test_from_jsonl__responses_errors_and_sequences(tmp_path):
     path = tmp_path / "rec.jsonl"
     rows = [
-        {"tool": "get_user", "arguments": {"user_id": 1, "verbose": True}, "response": {"name": "Ada"}},
+        {
+            "tool": "get_user",
+            "arguments": {"user_id": 1, "verbose": True},
+            "response": {"name": "Ada"},
+        },
         {"tool": "get_user", "arguments": {"user_id": 2}, "error": "user 2 is suspended"},
-        {"tool": "get_user", "arguments": {"user_id": 3},
-         "sequence": [{"error": "busy, retry"}, {"response": "ok"}]},
+        {
+            "tool": "get_user",
+            "arguments": {"user_id": 3},
+            "sequence": [{"error": "busy, retry"}, {"response": "ok"}],
+        },
     ]
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
     rec = Recording.from_jsonl(path)
@@ -44,7 +56,9 @@ def test_from_jsonl__responses_errors_and_sequences(tmp_path):
         tool(user_id=3)
     assert tool(user_id=3) == "ok"
     assert tool(user_id=3) == "ok"  # the last outcome repeats
-    with pytest.raises(ToolError, match=r'no record found for get_user with arguments \{"user_id":9\}'):
+    with pytest.raises(
+        ToolError, match=r'no record found for get_user with arguments \{"user_id":9\}'
+    ):
         tool(user_id=9)
     # A new episode starts the call counters again.
     (fresh,) = replay_tools([SCHEMA], rec.new_episode())
@@ -79,14 +93,16 @@ def test_add__duplicates_are_errors():
 def test_from_csv__arguments_typed_by_schema(tmp_path):
     path = tmp_path / "users.csv"
     path.write_text(
-        'user_id,verbose,fields,response,error\n'
+        "user_id,verbose,fields,response,error\n"
         '1,true,"[""a""]","{""name"": ""Ada""}",\n'
-        '2,false,,plain text,\n'
+        "2,false,,plain text,\n"
         '3,,,,"user 3 not found"\n'
     )
     rec = Recording.from_csv(path, tool="get_user", parameters=SCHEMA["function"]["parameters"])
     state = rec.new_episode()
-    assert state.call("get_user", {"user_id": 1, "verbose": True, "fields": ["a"]}) == {"name": "Ada"}
+    assert state.call("get_user", {"user_id": 1, "verbose": True, "fields": ["a"]}) == {
+        "name": "Ada"
+    }
     assert state.call("get_user", {"user_id": 2, "verbose": False}) == "plain text"
     with pytest.raises(ToolError, match="user 3 not found"):
         state.call("get_user", {"user_id": 3})

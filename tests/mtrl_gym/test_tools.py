@@ -12,8 +12,13 @@ class Color(enum.Enum):
     BLUE = "blue"
 
 
-def search(query: str, limit: int = 5, mode: Literal["fast", "exact"] = "fast",
-           tags: list[str] | None = None, color: Color = Color.RED) -> list:
+def search(
+    query: str,
+    limit: int = 5,
+    mode: Literal["fast", "exact"] = "fast",
+    tags: list[str] | None = None,
+    color: Color = Color.RED,
+) -> list:
     """Searches the catalogue.
 
     Longer explanation that
@@ -43,8 +48,11 @@ def test_from_function__schema_from_signature_and_docstring():
             "query": {"type": "string", "description": "What to look for, possibly several words."},
             "limit": {"type": "integer", "description": "At most this many hits.", "default": 5},
             "mode": {"enum": ["fast", "exact"], "description": "Matching mode.", "default": "fast"},
-            "tags": {"anyOf": [{"type": "array", "items": {"type": "string"}}, {"type": "null"}],
-                     "description": "Optional tag filter.", "default": None},
+            "tags": {
+                "anyOf": [{"type": "array", "items": {"type": "string"}}, {"type": "null"}],
+                "description": "Optional tag filter.",
+                "default": None,
+            },
             "color": {"enum": ["red", "blue"], "description": "Colour filter.", "default": "red"},
         },
         "required": ["query"],
@@ -71,9 +79,12 @@ def test_validate__messages_name_the_argument():
     assert t.validate({"query": "a"}) is None
     assert t.validate({"query": 3}) == "argument 'query': 3 is not of type 'string'"
     assert t.validate({}) == "'query' is a required property"
-    assert t.validate({"query": "a", "extra": 1}).startswith("Additional properties are not allowed")
+    assert t.validate({"query": "a", "extra": 1}).startswith(
+        "Additional properties are not allowed"
+    )
     assert t.validate({"query": "a", "mode": "slow"}) == (
-        "argument 'mode': 'slow' is not one of ['fast', 'exact']")
+        "argument 'mode': 'slow' is not one of ['fast', 'exact']"
+    )
     assert t.validate([1]) == "arguments must be a JSON object, got list"
 
 
@@ -104,7 +115,9 @@ def test_from_openai_and_bedrock__same_tool_same_schema():
     c = Tool.from_openai(OPENAI["function"], fn=lambda city: city)
     assert a.schema == OPENAI == b.schema == c.schema
     assert a(city="Oslo") == "sunny in Oslo"
-    assert a.validate({"city": "Oslo", "unit": "k"}) == "argument 'unit': 'k' is not one of ['c', 'f']"
+    assert (
+        a.validate({"city": "Oslo", "unit": "k"}) == "argument 'unit': 'k' is not one of ['c', 'f']"
+    )
 
 
 def test_from_production_schemas__bad_schemas_are_clear_errors():

@@ -80,5 +80,3 @@ class ToyEnv(TextEnv):
 CRASH = Tool.from_function(_crash, name="crash")
 SLEEPY = Tool.from_function(_sleepy, name="sleepy")
 ASYNC_SLEEPY = Tool.from_function(_async_sleepy, name="async_sleepy")
-
-

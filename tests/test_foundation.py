@@ -1,0 +1,104 @@
+"""Checks on the project's foundation: module boundaries, packaging, the README's commands."""
+
+import re
+import subprocess
+import sys
+import textwrap
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+HEAVY = ("jax", "jaxlib", "flax", "optax", "orbax", "mtrl_jax", "torch", "transformers", "mlflow")
+
+
+def test_import__mtrl_gym_and_envs_never_import_jax():
+    code = (
+        "import sys, gymnasium as gym, mtrl_gym, mtrl_envs\n"
+        "for env_id in mtrl_gym.registered_env_ids():\n"
+        "    env = gym.make(env_id); env.reset(seed=0); env.close()\n"
+        f"print(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_import__core_works_with_the_learner_stack_missing():
+    # Simulates the minimal install (gymnasium, numpy, jsonschema): importing any heavy package
+    # fails, and every built-in environment must still make, play and check.
+    code = textwrap.dedent(f"""
+        import importlib.abc, sys
+        class Block(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name.split('.')[0] in {HEAVY!r}:
+                    raise ImportError(f'{{name}} is blocked in this test')
+        sys.meta_path.insert(0, Block())
+        import mtrl_gym
+        for env_id in mtrl_gym.registered_env_ids():
+            mtrl_gym.check_reproducible(env_id, seeds=(0,))
+        print('ok')
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
+
+
+def test_pyproject__core_dependencies_and_extras():
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    project = meta["project"]
+    names = {re.split(r"[<>=\[ ]", d)[0] for d in project["dependencies"]}
+    assert names == {"gymnasium", "numpy", "jsonschema"}
+    extras = project["optional-dependencies"]
+    jax_names = {re.split(r"[<>=\[ ]", d)[0] for d in extras["jax"]}
+    assert {
+        "jax",
+        "flax",
+        "optax",
+        "orbax-checkpoint",
+        "transformers",
+        "tokenizers",
+        "safetensors",
+        "mlflow",
+    } <= jax_names
+    assert any(d.startswith("jax[cuda12]") for d in extras["cuda12"])
+    assert "torch==2.13.0" in extras["test"]
+    assert project["requires-python"] == ">=3.11"
+
+
+def test_pyproject__every_package_directory_is_installed():
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    listed = set(meta["tool"]["setuptools"]["packages"])
+    found = set()
+    for top, name in (("mtrl_gym", "mtrl_gym"), ("mtrl_jax", "mtrl_jax"), ("envs", "mtrl_envs")):
+        for init in (ROOT / top).rglob("__init__.py"):
+            rel = init.parent.relative_to(ROOT / top).parts
+            found.add(".".join((name, *rel)))
+    assert listed == found
+
+
+def _readme_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```(?:bash|sh)\n(.*?)```", text, flags=re.DOTALL)
+    return [line for block in blocks for line in block.splitlines() if line.strip()]
+
+
+def test_readme__exactly_two_commands_and_ci_runs_the_test_one_verbatim():
+    commands = _readme_commands()
+    assert commands == ["bash scripts/quickstart.sh", "bash scripts/test.sh"]
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert commands[1] in [line.strip() for line in ci]
+
+
+def test_conftest__xla_flags_set_before_jax():
+    import os
+
+    assert "--xla_force_host_platform_device_count=8" in os.environ["XLA_FLAGS"]
+
+
+@pytest.mark.multidevice
+def test_conftest__jax_sees_eight_fake_cpu_devices():
+    import jax
+
+    assert jax.device_count() == 8
+    assert {d.platform for d in jax.devices()} == {"cpu"}
