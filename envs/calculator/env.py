@@ -20,9 +20,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-from mtrl_gym.sandbox import SandboxLimits, run_python
 
 from mtrl_gym import EpisodeResources, Task, TextEnv, Tool, ToolError
+from mtrl_gym.sandbox import SandboxLimits, run_python
 
 SYSTEM = """You solve arithmetic problems exactly. You may run Python code with the run_python
 tool (print what you need; the tool returns standard output). Answer with

@@ -18,7 +18,6 @@ from importlib import resources
 from typing import Any
 
 from mtrl_envs.order_lookup.generate import TODAY, return_allowed
-
 from mtrl_gym import EpisodeResources, Recording, Task, TextEnv, Tool, replay_tools
 
 SYSTEM = f"""You are a customer-service agent. Today is {TODAY.isoformat()}.
