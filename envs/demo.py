@@ -54,9 +54,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results = EpisodeRunner(max_concurrency=8).run_sync(jobs)
     elapsed = time.perf_counter() - start
 
-    first = results[0]
+    # Show the longest episode: it is the one where the agent had to recover from an error.
+    shown = max(range(len(results)), key=lambda i: len(results[i].steps))
+    first = results[shown]
     print(f"=== {args.env}: task {first.task_id} ===")
-    print(envs[0].unwrapped.transcript[0]["content"] if envs[0].unwrapped.transcript else "")
+    for msg in envs[shown].unwrapped.transcript[:2]:  # the system and user messages
+        print(f"--- {msg['role']} ---\n{msg['content']}")
     for n, step in enumerate(first.steps, 1):
         print(f"\n--- turn {n}: assistant ---\n{step['action']}")
         if step["observation"]:

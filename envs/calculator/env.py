@@ -101,7 +101,8 @@ class CalculatorEnv(TextEnv):
             """
             result = run_python_sandboxed(code, limits=limits)
             if not result.ok:
-                raise ToolError(result.describe())
+                # The environment prefixes "Error: " itself.
+                raise ToolError(result.describe().removeprefix("Error: "))
             return result.stdout
 
         return [Tool.from_function(run_python)]
