@@ -4,14 +4,15 @@ from mtrl_envs import demo
 
 
 def test_demo__oracle_solves_the_default_env(capsys):
-    summary = demo.main(["--episodes", "12"])
+    summary = demo.main([])
     out = capsys.readouterr().out
     assert json.loads(out.strip().splitlines()[-1]) == summary
-    assert summary["success_rate"] == 1.0 and summary["statuses"] == ["ok"]
-    assert "--- turn 1: assistant ---" in out
+    assert summary["env"] == demo.DEFAULT_ENV and summary["episodes"] == 12
+    assert summary["success_rate"] == 1.0 and summary["statuses"] == {"ok": 12}
+    assert "--- turn 1: assistant ---" in out and "Error: upstream" in out  # shows a recovery
 
 
-def test_demo__every_format_works(capsys):
+def test_demo__other_formats_and_later_options_win(capsys):
     for fmt in ("json", "react"):
-        summary = demo.main(["--episodes", "4", "--tool-format", fmt])
-        assert summary["success_rate"] == 1.0
+        summary = demo.main(["--tool-format", fmt, "--episodes", "4"])
+        assert summary["success_rate"] == 1.0 and summary["episodes"] == 4
