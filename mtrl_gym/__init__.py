@@ -6,7 +6,7 @@ JAX: environments are host-side Python that talk to the learner through plain da
 """
 
 from mtrl_gym.checker import ReproducibilityError, check_env, check_reproducible, play
-from mtrl_gym.core import TextEnv
+from mtrl_gym.core import EvalOnlyError, TextEnv, ensure_trainable
 from mtrl_gym.evaluation import (
     EpisodeSummary,
     ExactMatchEvaluator,
@@ -34,6 +34,7 @@ __all__ = [
     "EpisodeResult",
     "EpisodeRunner",
     "EpisodeSummary",
+    "EvalOnlyError",
     "ExactMatchEvaluator",
     "ExactMatchReward",
     "FinalAnswer",
@@ -57,6 +58,7 @@ __all__ = [
     "canonical_json",
     "check_env",
     "check_reproducible",
+    "ensure_trainable",
     "get_format",
     "play",
     "register_builtin_envs",

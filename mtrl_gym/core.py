@@ -59,6 +59,25 @@ NO_CALL_FEEDBACK = (
 )
 
 
+class EvalOnlyError(ValueError):
+    """An evaluation-only environment was handed to something that trains."""
+
+
+def ensure_trainable(env: gym.Env) -> None:
+    """Raises :class:`EvalOnlyError` if ``env`` is marked evaluation-only.
+
+    Every training entry point (trainer, SFT data builder, trajectory writer) calls this before it
+    reads an episode, so benchmark data licensed for evaluation only cannot become training data
+    by accident.
+    """
+    inner = env.unwrapped
+    if getattr(inner, "eval_only", False):
+        reason = (
+            getattr(inner, "eval_only_reason", "") or "its data is licensed for evaluation only"
+        )
+        raise EvalOnlyError(f"{inner} is evaluation-only and cannot be used for training: {reason}")
+
+
 class _InfraFailure(Exception):
     """Internal: a tool call failed for infrastructure reasons; carries the status to report."""
 
@@ -101,6 +120,10 @@ class TextEnv(gym.Env[str, str]):
 
     # Text renders have no frame rate; Gymnasium's checker asks for one to be declared.
     metadata: dict[str, Any] = {"render_modes": ["ansi"], "render_fps": 1}
+    # Environments built on evaluation-only data (e.g. benchmarks whose licence forbids training)
+    # set this; trainers call :func:`ensure_trainable`, and episode results carry the flag.
+    eval_only: bool = False
+    eval_only_reason: str = ""
 
     def __init__(
         self,

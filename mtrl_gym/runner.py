@@ -61,6 +61,7 @@ class EpisodeResult:
     final_answer: Any
     eval: dict[str, Any] | None
     steps: list[dict[str, Any]] = field(default_factory=list)
+    eval_only: bool = False  # from an evaluation-only env: never write it where training reads
     start_s: float = 0.0  # monotonic times, for diagnostics and the concurrency tests
     end_s: float = 0.0
 
@@ -130,6 +131,7 @@ class EpisodeRunner:
             truncated=True,
             final_answer=None,
             eval=None,
+            eval_only=bool(getattr(env.unwrapped, "eval_only", False)),
             start_s=time.monotonic(),
         )
         try:

@@ -269,3 +269,20 @@ def test_diagnostics__opt_in_only(toy_env):
     _, info = env.reset(seed=0)
     assert "elapsed_s" in info["diagnostics"]
     assert "elapsed_s" in env.step("x")[4]["diagnostics"]
+
+
+def test_ensure_trainable__refuses_eval_only_envs():
+    import gymnasium as gym
+
+    from mtrl_gym import EpisodeJob, EpisodeRunner, EvalOnlyError, ensure_trainable
+
+    ensure_trainable(gym.make("mtrl/OrderLookup-v0"))  # ordinary envs pass
+
+    class Benchmark(ToyEnv):
+        eval_only = True
+        eval_only_reason = "CC BY-NC 4.0, evaluation only"
+
+    with pytest.raises(EvalOnlyError, match="cannot be used for training: CC BY-NC 4.0"):
+        ensure_trainable(Benchmark())
+    (result,) = EpisodeRunner().run_sync([EpisodeJob(env=Benchmark, policy=lambda o, i: "x")])
+    assert result.eval_only
