@@ -14,7 +14,7 @@ from typing import Any
 
 from mtrl_gym.cli import main as cli_main
 
-DEFAULT_ENV = "mtrl/OrderLookup-v0"
+DEFAULT_ENV = "mtrl/SopQuickstart-v0"
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:

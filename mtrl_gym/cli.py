@@ -134,7 +134,10 @@ def format_episode(env: gym.Env, result: EpisodeResult) -> str:
 
 
 def _describe(env_id: str) -> str:
-    entry = gym.registry[env_id].entry_point
+    spec = gym.registry[env_id]
+    if "suite" in spec.kwargs:
+        return f"Authored SOP suite '{spec.kwargs['suite']}' on the generic SOP engine."
+    entry = spec.entry_point
     if not isinstance(entry, str):
         return ""
     module, _, name = entry.partition(":")

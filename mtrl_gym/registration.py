@@ -23,6 +23,19 @@ BUILTIN_ENVS: dict[str, str] = {
     "mtrl/OrderLookup-v0": "mtrl_envs.order_lookup.env:OrderLookupEnv",
     "mtrl/Inventory-v0": "mtrl_envs.inventory.env:InventoryEnv",
     "mtrl/Calculator-v0": "mtrl_envs.calculator.env:CalculatorEnv",
+    "mtrl/Helpdesk-v0": "mtrl_envs.helpdesk.env:HelpdeskEnv",
+    "mtrl/SqlQuery-v0": "mtrl_envs.sql_query.env:SqlQueryEnv",
+    "mtrl/PythonTests-v0": "mtrl_envs.python_tests.env:PythonTestsEnv",
+}
+
+
+# Authored SOP suites, all served by the generic SOP engine (``mtrl_envs.sop``).
+SOP_SUITE_ENVS: dict[str, str] = {
+    "mtrl/SopQuickstart-v0": "quickstart",
+    "mtrl/SopRefunds-v0": "refunds",
+    "mtrl/SopHazmat-v0": "hazmat",
+    "mtrl/SopKyb-v0": "kyb",
+    "mtrl/SopRouting-v0": "routing",
 }
 
 
@@ -52,6 +65,8 @@ def registered_env_ids() -> list[str]:
 
 
 def register_builtin_envs() -> None:
-    """Registers :data:`BUILTIN_ENVS` (called on ``import mtrl_gym``)."""
+    """Registers :data:`BUILTIN_ENVS` and :data:`SOP_SUITE_ENVS` (on ``import mtrl_gym``)."""
     for env_id, entry_point in BUILTIN_ENVS.items():
         register_env(env_id, entry_point)
+    for env_id, suite in SOP_SUITE_ENVS.items():
+        register_env(env_id, "mtrl_envs.suites:make_env", suite=suite)

@@ -1,127 +1,109 @@
-"""Calculator: arithmetic word problems verified by running the agent's code in a sandbox.
+"""Calculator: arithmetic word problems solved with an exact ``calculator`` tool.
 
-The agent gets one tool, ``run_python``, which executes its code in an isolated subprocess
-(``mtrl_gym.sandbox``: private working directory, hard kill on timeout, memory / CPU / process
-limits, no network) and returns what it printed. The answer is checked exactly against the
-integer computed by the task generator.
+Each task is a short word problem (change from a purchase, a discounted price with tax, work
+rates, compound interest, ...) generated from a seed (:mod:`mtrl_envs.calculator.problems`). The
+agent translates it into arithmetic, evaluates it with ``calculator`` (exact rational arithmetic
+on a parsed expression, never ``eval``; see :mod:`mtrl_envs.calculator.arithmetic`), and answers
+``{"answer": <number>}``. Grading is by exact value: the answer must equal the exact result
+(``12.375`` and ``12.3750`` are the same JSON number; ``12.38`` is wrong).
 
-Faults are assigned carefully: code that loops forever, raises or exhausts memory is the agent's
-mistake (an ``Error: ...`` observation, the episode goes on); a sandbox that cannot start is an
-infrastructure failure (status ``infra_error``, excluded from training).
+An invalid or too costly expression is the agent's mistake (``Error: ...``, the episode goes
+on). The tool runs in-process in microseconds, so it needs no sandbox and has no infrastructure
+failure mode of its own.
 
-Non-goals: a general code-execution benchmark (see the verifiable environments issue).
+Non-goals: code execution (see ``mtrl/PythonTests-v0``) and answers that need rounding.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
-
+from mtrl_envs.calculator.arithmetic import CalculatorError, evaluate, format_value
+from mtrl_envs.calculator.problems import TEMPLATES, make_problem
 from mtrl_gym import EpisodeResources, Task, TextEnv, Tool, ToolError
-from mtrl_gym.sandbox import SandboxLimits, run_python
 
-SYSTEM = """You solve arithmetic problems exactly. You may run Python code with the run_python
-tool (print what you need; the tool returns standard output). Answer with
-<final_output>{"answer": <integer>}</final_output>."""
+SYSTEM = """You solve arithmetic word problems exactly. The calculator tool evaluates an
+arithmetic expression exactly: numbers, + - * / // % ** and parentheses (no variables or
+functions). Give the exact value, not a rounded one, as
+<final_output>{"answer": <number>}</final_output>."""
 
-_TEMPLATES = (
-    (
-        "the sum of the squares of the integers from {a} to {b}",
-        "sum(i * i for i in range({a}, {b} + 1))",
-    ),
-    ("{a} to the power {c}, modulo {m}", "pow({a}, {c}, {m})"),
-    (
-        "the product of {a} and {b}, minus the integer part of {b} divided by {c}",
-        "{a} * {b} - {b} // {c}",
-    ),
-    (
-        "the number of primes below {b}",
-        "sum(all(n % d for d in range(2, int(n ** 0.5) + 1)) for n in range(2, {b}))",
-    ),
-)
+SPLITS = ("train", "validation", "test")
+_SPLIT_SEEDS = {"train": 20_000, "validation": 1_020_000, "test": 2_020_000}
+# Problem texts hash into ten buckets; no text can be in two splits (see problems.make_problem).
+_SPLIT_BUCKETS = {"train": range(8), "validation": (8,), "test": (9,)}
+# Multiples of len(TEMPLATES), so every split holds every template equally often.
+DEFAULT_NUM_TASKS = {"train": 40, "validation": 20, "test": 20}
 
 
-def make_task(index: int) -> Task:
-    """Builds task ``index`` deterministically; the answer is computed from the same formula."""
-    rng = np.random.default_rng(20_000 + index)
-    text, formula = _TEMPLATES[index % len(_TEMPLATES)]
-    values = {
-        "a": int(rng.integers(2, 60)),
-        "b": int(rng.integers(60, 400)),
-        "c": int(rng.integers(2, 30)),
-        "m": int(rng.integers(97, 10_007)),
-    }
-    expression = formula.format(**values)
-    answer = int(
-        eval(
-            expression,
-            {"__builtins__": {"sum": sum, "range": range, "pow": pow, "all": all, "int": int}},
-        )
-    )  # noqa: S307 - our own formula
+def make_task(split: str, index: int) -> Task:
+    """Task ``index`` of ``split``: templates rotate with the index, the seed draws the numbers."""
+    seed = _SPLIT_SEEDS[split] + index
+    template = TEMPLATES[index % len(TEMPLATES)]
+    text, expression, answer = make_problem(seed, template, _SPLIT_BUCKETS[split])
     return Task(
-        id=f"calculator-{index:03d}",
-        prompt=f"Compute {text.format(**values)}.",
+        id=f"calculator-{split}-{index:04d}",
+        prompt=text,
         system=SYSTEM,
         answer={"answer": answer},
-        metadata={"expression": expression},
+        metadata={"expression": expression, "template": template.__name__},
     )
 
 
-class CalculatorEnv(TextEnv):
-    """Exact arithmetic with a sandboxed Python tool.
+def calculator(expression: str) -> str:
+    """Evaluates an arithmetic expression exactly and returns the result.
 
     Args:
-        num_tasks: How many deterministic tasks the environment serves.
-        limits: Sandbox limits for each ``run_python`` call.
-        **kwargs: Passed to :class:`~mtrl_gym.TextEnv`.
+        expression: Numbers combined with + - * / // % ** and parentheses, e.g. (3 + 4.5) * 2.
+    """
+    try:
+        return format_value(evaluate(expression))
+    except CalculatorError as e:
+        raise ToolError(str(e)) from None
+
+
+class CalculatorEnv(TextEnv):
+    """Arithmetic word problems with an exact calculator tool, graded by exact value.
+
+    Args:
+        split: ``"train"``, ``"validation"`` or ``"test"``.
+        num_tasks: Tasks in the split (default: ``DEFAULT_NUM_TASKS[split]``).
+        **kwargs: Passed to :class:`~mtrl_gym.TextEnv` (reward and evaluation default to strict
+            exact match of ``answer``; ``1 == 1.0`` as JSON numbers).
     """
 
-    def __init__(self, *, num_tasks: int = 32, limits: SandboxLimits | None = None, **kwargs: Any):
+    def __init__(self, *, split: str = "train", num_tasks: int | None = None, **kwargs: Any):
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        count = DEFAULT_NUM_TASKS[split] if num_tasks is None else num_tasks
+        if count < 1:
+            raise ValueError(f"num_tasks must be >= 1, got {num_tasks}")
+        kwargs.setdefault("max_turns", 8)
         super().__init__(**kwargs)
-        self.limits = limits or SandboxLimits(timeout_s=5.0, memory_mb=256)
-        self._tasks = tuple(make_task(i) for i in range(num_tasks))
+        self.split = split
+        self._tasks = tuple(make_task(split, i) for i in range(count))
 
     def tasks(self) -> Sequence[Task]:
-        """The deterministic task list."""
+        """The split's tasks, in index order."""
         return self._tasks
 
     def make_tools(self, task: Task, resources: EpisodeResources) -> Sequence[Tool]:
-        """One stateless sandboxed tool."""
-        limits = self.limits
-
-        def run_python(code: str) -> str:
-            """Runs Python 3 code in an isolated sandbox and returns its standard output.
-
-            Args:
-                code: The program; use print() to see values.
-            """
-            result = run_python_sandboxed(code, limits=limits)
-            if not result.ok:
-                # The environment prefixes "Error: " itself.
-                raise ToolError(result.describe().removeprefix("Error: "))
-            return result.stdout
-
-        return [Tool.from_function(run_python)]
+        """One stateless tool."""
+        return [Tool.from_function(calculator)]
 
     def oracle_policy(self) -> Callable[[str, dict[str, Any]], str]:
-        """Prints the task's expression in the sandbox, then answers with what it printed."""
+        """Evaluates the problem's expression, then answers with the number the tool returned."""
         assert self.task is not None
         expression = self.task.metadata["expression"]
         fmt = self.format
 
         def policy(observation: str, info: dict[str, Any]) -> str:
-            tool_msgs = [m for m in info.get("messages", []) if m["role"] == "tool"]
-            if tool_msgs and re.fullmatch(r"-?\d+\s*", tool_msgs[-1]["content"]):
-                value = int(tool_msgs[-1]["content"])
-                return f"<final_output>{json.dumps({'answer': value})}</final_output>"
-            return fmt.render_calls([("run_python", {"code": f"print({expression})"})])
+            results = [m for m in info.get("messages", []) if m["role"] == "tool"]
+            if results and not results[-1]["content"].startswith("Error:"):
+                # The tool prints an integer or an exact decimal: both are JSON numbers.
+                answer = {"answer": json.loads(results[-1]["content"])}
+                return f"<final_output>{json.dumps(answer)}</final_output>"
+            return fmt.render_calls([("calculator", {"expression": expression})])
 
         return policy
-
-
-# Indirection so tests can substitute a failing sandbox to exercise the infra_error path.
-run_python_sandboxed = run_python

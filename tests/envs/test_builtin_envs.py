@@ -3,8 +3,7 @@ import json
 import gymnasium as gym
 import pytest
 
-import mtrl_envs.calculator.env as calculator
-from mtrl_gym.sandbox import SandboxInfraError, SandboxLimits
+import mtrl_gym  # noqa: F401 - importing it registers the built-in environment ids
 
 
 def call(fmt, name, **args):
@@ -37,42 +36,6 @@ def test_inventory__oversized_shipment_is_an_agent_error_and_state_is_per_episod
     env.reset(options={"task_index": 0})  # a new episode starts from the initial stock again
     _, _, _, _, info = env.step(call(fmt, "get_stock", sku=sku))
     assert json.loads(info["tool_calls"][0]["result"])["units"] == after - 5
-    env.close()
-
-
-def test_calculator__hostile_code_is_the_agents_error_and_the_episode_goes_on():
-    env = gym.make("mtrl/Calculator-v0", limits=SandboxLimits(timeout_s=1.0, memory_mb=128))
-    env.reset(options={"task_index": 0})
-    fmt = env.unwrapped.format
-    _, _, terminated, truncated, info = env.step(call(fmt, "run_python", code="while True: pass"))
-    assert not (terminated or truncated)
-    assert (
-        info["tool_calls"][0]["error"].startswith("Error: execution timed out")
-        or "timed out" in info["tool_calls"][0]["error"]
-    )
-    _, _, _, _, info = env.step(
-        call(fmt, "run_python", code="import socket; socket.create_connection(('127.0.0.1', 9))")
-    )
-    assert (
-        "not allowed" in info["tool_calls"][0]["error"] or "Error" in info["tool_calls"][0]["error"]
-    )
-    _, _, _, _, info = env.step(call(fmt, "run_python", code="print(6 * 7)"))
-    assert info["tool_calls"][0]["result"] == "42\n" and "status" not in info
-    env.close()
-
-
-def test_calculator__sandbox_failure_is_infra_error_not_reward_zero(monkeypatch):
-    def broken(code, *, limits):
-        raise SandboxInfraError("could not start the sandbox")
-
-    monkeypatch.setattr(calculator, "run_python_sandboxed", broken)
-    env = gym.make("mtrl/Calculator-v0")
-    env.reset(options={"task_index": 0})
-    _, reward, terminated, truncated, info = env.step(
-        call(env.unwrapped.format, "run_python", code="print(1)")
-    )
-    assert info["status"] == "infra_error" and truncated and not terminated and reward == 0.0
-    assert "could not start the sandbox" in info["tool_calls"][0]["error"]
     env.close()
 
 

@@ -1,0 +1,1 @@
+"""Helpdesk: a stateful order/ticket system (see env.py)."""

@@ -1,0 +1,1 @@
+"""PythonTests: implement a function from a spec, graded by hidden tests (see env.py)."""
