@@ -186,8 +186,13 @@ class Table:
         na = frozenset(na_values)
         # utf-8-sig drops a byte-order mark, as pandas does; blank lines are skipped like pandas'
         # skip_blank_lines.
-        with open(path, encoding="utf-8-sig", newline="") as f:
-            records = [r for r in csv.reader(f) if r]
+        try:
+            with open(path, encoding="utf-8-sig", newline="") as f:
+                records = [r for r in csv.reader(f) if r]
+        except UnicodeDecodeError as e:
+            raise TableError(f"{path}: not a UTF-8 CSV file ({e.reason} at byte {e.start})") from e
+        except csv.Error as e:
+            raise TableError(f"{path}: not a readable CSV file: {e}") from e
         if not records:
             raise TableError(f"{path}: the file is empty (no header row)")
         header = [c if c else f"Unnamed: {i}" for i, c in enumerate(records[0])]
