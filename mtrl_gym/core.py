@@ -14,7 +14,9 @@ carries the structured view the learner renders with a chat template:
 ``info`` is deterministic, so Gymnasium's determinism checks pass; timings go under
 ``diagnostics`` only when asked for. An episode ends with ``terminated`` when the agent commits to
 a final answer, and ``truncated`` on max turns, a character or token budget, a wall-clock limit, or
-an infrastructure failure (status ``infra_error`` / ``timeout``, which the trainer excludes).
+an infrastructure failure (status ``infra_error`` / ``timeout``, which the trainer excludes): a
+tool that fails other than with ``ToolError``, or an evaluator or reward function that raises
+``ToolInfraError`` while grading the final answer.
 
 Subclasses provide tasks and tools; see :meth:`TextEnv.tasks` and :meth:`TextEnv.make_tools`.
 Non-goals: tokenisation and chat templates (the learner's side), and tool isolation (``sandbox``).
@@ -45,7 +47,7 @@ from mtrl_gym.evaluation import (
 from mtrl_gym.formats import ToolCallFormat, get_format
 from mtrl_gym.resources import EpisodeResources
 from mtrl_gym.spaces import TextSpace
-from mtrl_gym.tools import Tool, ToolError, render_result
+from mtrl_gym.tools import Tool, ToolError, ToolInfraError, render_result
 from mtrl_gym.types import JSON, ParsedCall, Role, Status, Task, ToolCallRecord, message
 
 # Tools that block run on these threads so a per-call timeout can be enforced and so the async
@@ -100,6 +102,15 @@ class TextEnv(gym.Env[str, str]):
     Subclasses implement :meth:`tasks` (or override :meth:`load_task`) and :meth:`make_tools`, and
     may override :meth:`system_prompt`, :meth:`oracle_policy` and the reward / evaluator.
 
+    Grading runs when the episode ends: the evaluator first, then the reward function (skipped,
+    reward 0.0, for an infrastructure failure or a timeout). If either raises
+    :class:`~mtrl_gym.tools.ToolInfraError` (``SandboxInfraError`` is one), the episode ends as an
+    infrastructure failure, exactly as when a tool's infrastructure fails: status ``infra_error``,
+    ``terminated=False``, ``truncated=True``, reward 0.0, ``info["final_answer"]`` as extracted,
+    and ``info["eval"] == {"success": False, "status": "infra_error", "error": "<Type>: <msg>"}``
+    (``<Type>`` the exception's class name). Any other exception from the evaluator or the reward
+    function is a bug and propagates.
+
     Args:
         tool_format: Name or instance of the tool-call format (``hermes``, ``json``, ``react``).
         max_turns: Assistant turns before the episode is truncated.
@@ -112,8 +123,10 @@ class TextEnv(gym.Env[str, str]):
         time_limit_s: Wall-clock limit of the episode, or ``None``.
         tool_timeout_s: Default wall-clock limit of one tool call, or ``None``.
         answer_extractor: Finds the final answer; default: last ``<final_output>{json}``.
-        reward_fn: Reward of a finished episode; default: strict exact match.
-        evaluator: External evaluation of a finished episode; default: strict exact match.
+        reward_fn: Reward of a finished episode; default: strict exact match. May raise
+            ``ToolInfraError`` (see above).
+        evaluator: External evaluation of a finished episode; default: strict exact match. May
+            raise ``ToolInfraError`` (see above).
         diagnostics: Add non-deterministic timings under ``info["diagnostics"]``.
         render_mode: ``None`` or ``"ansi"`` (the transcript as text).
     """
@@ -172,6 +185,7 @@ class TextEnv(gym.Env[str, str]):
         self.transcript: list[dict[str, JSON]] = []
         self._resources: EpisodeResources | None = None
         self._tools: dict[str, Tool] = {}
+        self._advertised: tuple[Tool, ...] = ()
         self._done = True
 
     # ---- what subclasses provide ----------------------------------------------------------------
@@ -205,6 +219,19 @@ class TextEnv(gym.Env[str, str]):
         """The tools for this episode; allocate per-episode state through ``resources``."""
         return ()
 
+    def unlisted_tools(self, task: Task) -> Sequence[Tool]:
+        """Tools the agent may call but that are not advertised (not in prompt or ``tools``).
+
+        Benchmarks replaying a production harness need these: the harness implemented a tool
+        that its prompt never listed.
+        """
+        return ()
+
+    def unknown_tool_error(self, name: str | None) -> str:
+        """The error text for a call to a tool that does not exist."""
+        known = ", ".join(sorted(t.name for t in self._advertised)) or "none"
+        return f"unknown tool {name!r}; available tools: {known}"
+
     def system_prompt(self, task: Task) -> str | None:
         """The system message; default: the task's own ``system`` text."""
         return task.system
@@ -229,8 +256,9 @@ class TextEnv(gym.Env[str, str]):
         self.task = self.load_task(options)
         self._resources = EpisodeResources(self.np_random)
         tools = list(self.make_tools(self.task, self._resources))
+        self._advertised = tuple(tools)
         self._tools = {}
-        for t in tools:
+        for t in [*tools, *self.unlisted_tools(self.task)]:
             if t.name in self._tools:
                 raise ValueError(f"two tools are named {t.name!r}")
             self._tools[t.name] = t
@@ -337,8 +365,7 @@ class TextEnv(gym.Env[str, str]):
         elif call.error is not None:
             record.error = f"malformed tool call: {call.error}"
         elif call.name not in self._tools:
-            known = ", ".join(sorted(self._tools)) or "none"
-            record.error = f"unknown tool {call.name!r}; available tools: {known}"
+            record.error = self.unknown_tool_error(call.name)
         else:
             tool = self._tools[call.name]
             problem = tool.validate(call.arguments)
@@ -475,10 +502,17 @@ class TextEnv(gym.Env[str, str]):
             invalid_tool_calls=self._counts["invalid_tool_calls"],
             format_errors=self._counts["format_errors"],
         )
-        # The evaluation is computed before and independently of the reward.
-        evaluation = self.evaluator(summary)
-        failed = status in (Status.INFRA_ERROR, Status.TIMEOUT)
-        reward = 0.0 if failed else float(self.reward_fn(summary))
+        # The evaluation is computed before and independently of the reward. Grading that fails
+        # for infrastructure reasons (ToolInfraError, e.g. a sandbox that cannot start) ends the
+        # episode like a tool's infrastructure failure; any other exception is a bug and is raised.
+        try:
+            evaluation = self.evaluator(summary)
+            failed = status in (Status.INFRA_ERROR, Status.TIMEOUT)
+            reward = 0.0 if failed else float(self.reward_fn(summary))
+        except ToolInfraError as e:
+            status, terminated, reward = Status.INFRA_ERROR, False, 0.0
+            error = f"{type(e).__name__}: {e}"
+            evaluation = {"success": False, "status": str(status), "error": error}
         info = self._step_info(messages, records, format_error)
         info["final_answer"] = None if answer is None else answer.to_dict()
         info["eval"] = evaluation

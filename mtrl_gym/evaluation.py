@@ -103,7 +103,13 @@ class EpisodeSummary:
 
 
 class RewardFn(Protocol):
-    """Maps a finished episode to a scalar reward."""
+    """Maps a finished episode to a scalar reward.
+
+    Raise :class:`~mtrl_gym.tools.ToolInfraError` (e.g. let a ``SandboxInfraError`` propagate)
+    when the reward cannot be computed for infrastructure reasons: ``TextEnv`` then ends the
+    episode with status ``infra_error`` and reward 0.0, excluded from training. Any other
+    exception is treated as a bug and propagates out of ``step``.
+    """
 
     def __call__(self, episode: EpisodeSummary) -> float:
         """Returns the episode's reward."""
@@ -111,7 +117,13 @@ class RewardFn(Protocol):
 
 
 class Evaluator(Protocol):
-    """Maps a finished episode to a dict of end-task metrics; must include ``success``."""
+    """Maps a finished episode to a dict of end-task metrics; must include ``success``.
+
+    Raise :class:`~mtrl_gym.tools.ToolInfraError` (e.g. let a ``SandboxInfraError`` propagate)
+    when grading fails for infrastructure reasons: ``TextEnv`` then ends the episode with status
+    ``infra_error`` and reports ``{"success": False, "status": "infra_error", "error": ...}``
+    instead. Any other exception is treated as a bug and propagates out of ``step``.
+    """
 
     def __call__(self, episode: EpisodeSummary) -> dict[str, JSON]:
         """Returns the episode's end-task metrics."""

@@ -10,7 +10,8 @@ fails.
 
 Code that loops forever, exhausts memory or crashes the harness is the agent's mistake (an
 ``Error: ...`` observation, or a failed grade); only a sandbox that cannot run at all is an
-infrastructure failure (status ``infra_error``, excluded from training).
+infrastructure failure: the grader lets ``SandboxInfraError`` (a ``ToolInfraError``) propagate and
+:class:`~mtrl_gym.TextEnv` ends the episode with status ``infra_error`` (excluded from training).
 
 Non-goals: code quality or speed scoring beyond the time limit, multi-file solutions.
 """
@@ -24,7 +25,16 @@ from typing import Any
 
 from mtrl_envs.python_tests.bank import Case, Problem, split_problems
 from mtrl_envs.python_tests.harness import DEFAULT_LIMITS, Outcome, format_call, run_cases
-from mtrl_gym import EpisodeResources, EpisodeSummary, Status, Task, TextEnv, Tool, ToolError
+from mtrl_gym import (
+    EpisodeResources,
+    EpisodeSummary,
+    Status,
+    Task,
+    TextEnv,
+    Tool,
+    ToolError,
+    ToolInfraError,
+)
 from mtrl_gym.evaluation import json_equal
 from mtrl_gym.sandbox import SandboxLimits
 
@@ -56,12 +66,11 @@ def make_task(problem: Problem) -> Task:
 
 @dataclass(frozen=True)
 class Grade:
-    """Test counts of a submitted solution (``infra_error`` set if the sandbox failed)."""
+    """Test counts of a submitted solution."""
 
     visible_passed: int
     hidden_passed: int
     reason: str
-    infra_error: str | None = None
 
 
 def _passed(cases: Sequence[Case], outcomes: Sequence[Outcome]) -> list[bool]:
@@ -95,7 +104,8 @@ class PythonTestsEnv(TextEnv):
         self.split, self.limits, self.partial_credit = split, limits, partial_credit
         self._problems = {p.name: p for p in split_problems(split)}
         self._tasks = tuple(make_task(p) for p in self._problems.values())
-        self._grade: tuple[str, Grade] | None = None
+        # The current episode's grade by submitted code, or the infrastructure failure it raised.
+        self._grade: tuple[str, Grade | ToolInfraError] | None = None
 
     def tasks(self) -> Sequence[Task]:
         """The split's tasks, in bank order."""
@@ -138,27 +148,37 @@ class PythonTestsEnv(TextEnv):
     # ---- grading -------------------------------------------------------------------------
 
     def grade(self, episode: EpisodeSummary) -> Grade:
-        """Runs visible and hidden tests on the submitted code (once per episode)."""
+        """Runs visible and hidden tests on the submitted code (once per episode).
+
+        Raises:
+            ToolInfraError: The sandbox could not run the tests (``SandboxInfraError``); the
+                failure is cached like a grade, so grading the same code again re-raises it
+                without running the sandbox again.
+        """
         answer = episode.final_answer
         value = None if answer is None or answer.error is not None else answer.value
         code = value.get("code") if isinstance(value, dict) else None
         if episode.status is not Status.OK or not isinstance(code, str) or not code.strip():
             return Grade(0, 0, 'no {"code": "..."} final answer')
-        if self._grade is not None and self._grade[0] == code:
-            return self._grade[1]
-        problem = self._problems[episode.task.metadata["function"]]
+        if self._grade is None or self._grade[0] != code:
+            self._grade = (code, self._run_grade(episode.task, code))
+        outcome = self._grade[1]
+        if isinstance(outcome, ToolInfraError):
+            raise outcome
+        return outcome
+
+    def _run_grade(self, task: Task, code: str) -> Grade | ToolInfraError:
+        problem = self._problems[task.metadata["function"]]
         cases = problem.visible + problem.hidden
         try:
             report = run_cases(code, problem.name, [c.args for c in cases], self.limits)
-            passed = _passed(cases, report.outcomes)
-            n = len(problem.visible)
-            grade = Grade(sum(passed[:n]), sum(passed[n:]), "tests ran")
         except ToolError as e:
-            grade = Grade(0, 0, str(e))
-        except Exception as e:  # noqa: BLE001 - any other failure is the grader's, not the agent's
-            grade = Grade(0, 0, "grading failed", infra_error=f"{type(e).__name__}: {e}")
-        self._grade = (code, grade)
-        return grade
+            return Grade(0, 0, str(e))
+        except ToolInfraError as e:
+            return e  # any other exception is a bug and propagates
+        passed = _passed(cases, report.outcomes)
+        n = len(problem.visible)
+        return Grade(sum(passed[:n]), sum(passed[n:]), "tests ran")
 
     def _all_passed(self, episode: EpisodeSummary, grade: Grade) -> bool:
         problem = self._problems[episode.task.metadata["function"]]
@@ -174,42 +194,21 @@ class PythonTestsEnv(TextEnv):
         return float(self._all_passed(episode, grade))
 
     def evaluate(self, episode: EpisodeSummary) -> dict[str, Any]:
-        """``success`` (every test passes), the counts, and ``status``."""
+        """``success`` (every test passes), the counts, and ``status``.
+
+        A sandbox failure while grading propagates (see :meth:`grade`); ``TextEnv`` reports it.
+        """
         grade = self.grade(episode)
         problem = self._problems[episode.task.metadata["function"]]
-        out: dict[str, Any] = {
+        return {
             "success": self._all_passed(episode, grade),
             "visible_passed": grade.visible_passed,
             "visible_total": len(problem.visible),
             "hidden_passed": grade.hidden_passed,
             "hidden_total": len(problem.hidden),
             "reason": grade.reason,
-            "status": str(Status.INFRA_ERROR if grade.infra_error else episode.status),
+            "status": str(episode.status),
         }
-        if grade.infra_error:
-            out["error"] = grade.infra_error
-        return out
-
-    # ---- grading failures are infrastructure failures ------------------------------------
-
-    def step(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
-        """:meth:`TextEnv.step`, reporting a sandbox failure while grading as ``infra_error``."""
-        return self._mark_grading_failure(super().step(action))
-
-    async def astep(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
-        """:meth:`TextEnv.astep`, reporting a grading failure as ``infra_error``."""
-        return self._mark_grading_failure(await super().astep(action))
-
-    def _mark_grading_failure(
-        self, outcome: tuple[str, float, bool, bool, dict[str, Any]]
-    ) -> tuple[str, float, bool, bool, dict[str, Any]]:
-        observation, reward, terminated, truncated, info = outcome
-        ended = terminated or truncated
-        if not (ended and self._grade is not None and self._grade[1].infra_error):
-            return outcome
-        # Same shape as a tool's infrastructure failure in TextEnv: truncated, reward 0, excluded.
-        info["status"] = str(Status.INFRA_ERROR)
-        return observation, 0.0, False, True, info
 
     def oracle_policy(self) -> Callable[[str, dict[str, Any]], str]:
         """Runs the reference solution once with ``run_tests``, then submits it."""

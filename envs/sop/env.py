@@ -26,7 +26,6 @@ from mtrl_envs.sop.oracle import OraclePolicy
 from mtrl_envs.sop.scoring import SopEvaluator, SopReward
 from mtrl_envs.sop.suite import SopSuite
 from mtrl_gym import EpisodeResources, Task, TextEnv, Tool, get_format
-from mtrl_gym.types import ParsedCall
 
 # Upstream's budgets: 10 model calls for the function-calling agent, 15 steps for ReAct.
 FUNCTION_CALLING_MAX_TURNS = 10
@@ -83,30 +82,18 @@ class SopEnv(TextEnv):
         """The advertised tools; they are stateless, so every episode shares one set."""
         return self._listed
 
-    def reset(
-        self, *, seed: int | None = None, options: dict[str, Any] | None = None
-    ) -> tuple[str, dict[str, Any]]:
-        """Starts an episode; unlisted tools become callable without being advertised."""
-        observation, info = super().reset(seed=seed, options=options)
-        # TextEnv lists every tool make_tools returns in the prompt and in info["tools"], so the
-        # unlisted ones join the callable set only after the advertised surface is built.
-        for tool in self._unlisted:
-            self._tools[tool.name] = tool
-        return observation, info
+    def unlisted_tools(self, task: Task) -> Sequence[Tool]:
+        """Tools upstream implemented but never advertised: callable, not listed."""
+        return self._unlisted
 
-    def _plan(self, index: int, call: ParsedCall) -> Any:
-        """TextEnv's call planning, with the upstream harness's unknown-tool message.
+    def unknown_tool_error(self, name: str | None) -> str:
+        """Upstream's wording, listing the advertised tools in toolspecs order.
 
-        The message lists the advertised tools only (TextEnv's own would name unlisted ones too)
-        and uses SOP-Bench's wording; unlike upstream, where it ends a function-calling episode,
-        it is an ordinary error observation (SPEC.md).
+        Unlike upstream, where it ends a function-calling episode, it is an ordinary error
+        observation (SPEC.md).
         """
-        plan = super()._plan(index, call)
-        unknown = plan.tool is None and call.error is None and call.name not in self._tools
-        if unknown and index < self.max_tool_calls_per_turn:
-            known = ", ".join(t.name for t in self._listed)
-            plan.record.error = f"Tool {call.name!r} not found. Available tools: {known}"
-        return plan
+        known = ", ".join(t.name for t in self._listed)
+        return f"Tool {name!r} not found. Available tools: {known}"
 
     def oracle_policy(self) -> OraclePolicy | None:
         """Plays the current task's row through the suite's ``oracle_plan``, then answers."""

@@ -10,8 +10,9 @@ sets (see :mod:`mtrl_envs.sql_query.execution`): any equivalent query is right. 
 rather than a value because the query is what transfers to a new database, and because a value
 is exposed to formatting disputes that a result-set comparison avoids.
 
-If the sandbox fails while grading, the episode ends with status ``infra_error`` (and reward 0,
-which the trainer excludes) instead of scoring the agent for the infrastructure's failure.
+If the sandbox fails while grading, the grader lets ``SandboxInfraError`` (a ``ToolInfraError``)
+propagate and :class:`~mtrl_gym.TextEnv` ends the episode with status ``infra_error`` (and reward
+0, which the trainer excludes) instead of scoring the agent for the infrastructure's failure.
 
 Non-goals: write queries (the database is read-only), multi-statement answers.
 """
@@ -28,7 +29,16 @@ import numpy as np
 
 from mtrl_envs.sql_query.execution import DEFAULT_LIMITS, ResultSet, compare, execute, render
 from mtrl_envs.sql_query.shop import SCHEMA, TEMPLATES, create_database, generate_shop
-from mtrl_gym import EpisodeResources, EpisodeSummary, Status, Task, TextEnv, Tool, ToolError
+from mtrl_gym import (
+    EpisodeResources,
+    EpisodeSummary,
+    Status,
+    Task,
+    TextEnv,
+    Tool,
+    ToolError,
+    ToolInfraError,
+)
 from mtrl_gym.sandbox import SandboxLimits
 
 SYSTEM = """You are a data analyst. You answer questions about a shop's SQLite database with one
@@ -65,11 +75,10 @@ def make_task(split: str, index: int) -> Task:
 
 @dataclass(frozen=True)
 class Grade:
-    """The comparison of a submitted query with the gold one (``infra_error`` set on failure)."""
+    """The comparison of a submitted query with the gold one."""
 
     correct: bool
     reason: str
-    infra_error: str | None = None
 
 
 class SqlQueryEnv(TextEnv):
@@ -105,7 +114,8 @@ class SqlQueryEnv(TextEnv):
         self.split, self.limits, self.max_rows = split, limits, max_rows
         self._tasks = tuple(make_task(split, i) for i in range(count))
         self.database_path: Path | None = None  # the current episode's sqlite file
-        self._grade: tuple[str, Grade] | None = None
+        # The current episode's grade by submitted SQL, or the infrastructure failure it raised.
+        self._grade: tuple[str, Grade | ToolInfraError] | None = None
 
     def tasks(self) -> Sequence[Task]:
         """The split's tasks, in index order."""
@@ -135,30 +145,37 @@ class SqlQueryEnv(TextEnv):
     # ---- grading -------------------------------------------------------------------------
 
     def grade(self, episode: EpisodeSummary) -> Grade:
-        """Runs the submitted and the gold query and compares them (once per episode)."""
+        """Runs the submitted and the gold query and compares them (once per episode).
+
+        Raises:
+            ToolInfraError: The sandbox could not run a query (``SandboxInfraError``); the failure
+                is cached like a grade, so grading the same answer again re-raises it without
+                running the sandbox again.
+        """
         answer = episode.final_answer
         value = None if answer is None or answer.error is not None else answer.value
         sql = value.get("sql") if isinstance(value, dict) else None
         if episode.status is not Status.OK or not isinstance(sql, str) or not sql.strip():
             return Grade(False, 'no {"sql": "..."} final answer')
-        if self._grade is not None and self._grade[0] == sql:
-            return self._grade[1]
+        if self._grade is None or self._grade[0] != sql:
+            self._grade = (sql, self._run_grade(episode.task, sql))
+        outcome = self._grade[1]
+        if isinstance(outcome, ToolInfraError):
+            raise outcome
+        return outcome
+
+    def _run_grade(self, task: Task, sql: str) -> Grade | ToolInfraError:
         assert self.database_path is not None
         try:
-            gold = self._gold(episode.task)
+            gold = self._gold(task)
             try:
-                reason = compare(
-                    gold,
-                    execute(sql, self.database_path, self.limits),
-                    ordered=episode.task.metadata["ordered"],
-                )
-                grade = Grade(reason is None, reason or "same result as the reference")
+                actual = execute(sql, self.database_path, self.limits)
             except ToolError as e:
-                grade = Grade(False, f"the query failed: {e}")
-        except Exception as e:  # noqa: BLE001 - any other failure is the grader's, not the agent's
-            grade = Grade(False, "grading failed", infra_error=f"{type(e).__name__}: {e}")
-        self._grade = (sql, grade)
-        return grade
+                return Grade(False, f"the query failed: {e}")
+        except ToolInfraError as e:
+            return e  # any other exception is a bug and propagates
+        reason = compare(gold, actual, ordered=task.metadata["ordered"])
+        return Grade(reason is None, reason or "same result as the reference")
 
     def _gold(self, task: Task) -> ResultSet:
         assert self.database_path is not None
@@ -166,11 +183,14 @@ class SqlQueryEnv(TextEnv):
         if key not in _GOLD:
             if len(_GOLD) >= _GOLD_MAX:
                 _GOLD.clear()
-            # A gold query that fails is a bug in the task, hence not a ToolError.
+            # The gold query failing is never the agent's fault. Its usual cause is a sandbox limit
+            # hit on an overloaded machine, so the episode is excluded as an infrastructure
+            # failure rather than crashing the run; a gold query that is simply wrong is caught
+            # by the oracle test, which grades every task's gold query.
             try:
                 _GOLD[key] = execute(key[1], self.database_path, self.limits)
             except ToolError as e:
-                raise RuntimeError(f"gold query of {task.id} failed: {e}") from e
+                raise ToolInfraError(f"gold query of {task.id} failed: {e}") from e
         return _GOLD[key]
 
     def reward(self, episode: EpisodeSummary) -> float:
@@ -178,34 +198,12 @@ class SqlQueryEnv(TextEnv):
         return float(self.grade(episode).correct)
 
     def evaluate(self, episode: EpisodeSummary) -> dict[str, Any]:
-        """``success``, the reason, and ``status`` (``infra_error`` when grading failed)."""
+        """``success``, the reason, and the episode's ``status``.
+
+        A sandbox failure while grading propagates (see :meth:`grade`); ``TextEnv`` reports it.
+        """
         grade = self.grade(episode)
-        out: dict[str, Any] = {"success": grade.correct, "reason": grade.reason}
-        out["status"] = str(Status.INFRA_ERROR if grade.infra_error else episode.status)
-        if grade.infra_error:
-            out["error"] = grade.infra_error
-        return out
-
-    # ---- grading failures are infrastructure failures ------------------------------------
-
-    def step(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
-        """:meth:`TextEnv.step`, reporting a sandbox failure while grading as ``infra_error``."""
-        return self._mark_grading_failure(super().step(action))
-
-    async def astep(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
-        """:meth:`TextEnv.astep`, reporting a grading failure as ``infra_error``."""
-        return self._mark_grading_failure(await super().astep(action))
-
-    def _mark_grading_failure(
-        self, outcome: tuple[str, float, bool, bool, dict[str, Any]]
-    ) -> tuple[str, float, bool, bool, dict[str, Any]]:
-        observation, reward, terminated, truncated, info = outcome
-        ended = terminated or truncated
-        if not (ended and self._grade is not None and self._grade[1].infra_error):
-            return outcome
-        # Same shape as a tool's infrastructure failure in TextEnv: truncated, reward 0, excluded.
-        info["status"] = str(Status.INFRA_ERROR)
-        return observation, 0.0, False, True, info
+        return {"success": grade.correct, "reason": grade.reason, "status": str(episode.status)}
 
     def oracle_policy(self) -> Callable[[str, dict[str, Any]], str]:
         """Runs the gold query once with ``run_query``, then submits it."""

@@ -57,8 +57,8 @@ def execute(sql: str, database: Path, limits: SandboxLimits = DEFAULT_LIMITS) ->
         raise ToolError(result.stderr.strip() or result.detail or "the query failed")
     if not result.ok:
         raise ToolError(f"{result.detail or result.status}: {_HINTS.get(result.status, '')}")
-    # The runner prints exactly one JSON line on success; anything else is the runner's bug,
-    # hence infrastructure (the plain exception becomes status infra_error).
+    # The runner prints exactly one JSON line on success; anything else is the runner's bug (the
+    # plain exception becomes status infra_error in a tool call, and propagates from grading).
     payload = json.loads(result.stdout)
     return ResultSet(tuple(payload["columns"]), tuple(tuple(row) for row in payload["rows"]))
 

@@ -1,8 +1,9 @@
 """Public data types of the sandbox: limits, result, status and the infrastructure error.
 
 ``SandboxLimits`` validates itself on construction, so every other module can trust its fields;
-``SandboxResult`` is what every ``run_*`` returns; ``SandboxInfraError`` is raised only for
-failures the sandboxed code cannot produce itself.
+``SandboxResult`` is what every ``run_*`` returns; ``SandboxInfraError`` (a
+:class:`~mtrl_gym.tools.ToolInfraError`) is raised only for failures the sandboxed code cannot
+produce itself.
 
 Non-goals: running anything (see :mod:`~mtrl_gym.sandbox.api`) and deciding a run's status (see
 :mod:`~mtrl_gym.sandbox.supervisor`).
@@ -13,6 +14,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from typing import Literal
+
+from mtrl_gym.tools import ToolInfraError
 
 SandboxStatus = Literal[
     "ok", "error", "timeout", "memory_limit", "cpu_limit", "output_limit", "killed"
@@ -136,10 +139,12 @@ class SandboxResult:
         return "\n".join(parts)
 
 
-class SandboxInfraError(RuntimeError):
+class SandboxInfraError(ToolInfraError):
     """The sandbox itself could not run the code; the code is not to blame.
 
     Raised only on conditions the sandboxed code cannot produce itself (spawn failure, a launcher
     or bootstrap that did not reach the user's code, a broken ``setup_sql``), so that a policy
-    cannot learn to dodge penalties by faking infrastructure failures.
+    cannot learn to dodge penalties by faking infrastructure failures. A
+    :class:`~mtrl_gym.tools.ToolInfraError`, so raised from a tool, an evaluator or a reward
+    function it ends the episode with status ``infra_error``.
     """

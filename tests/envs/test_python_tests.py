@@ -9,6 +9,7 @@ import mtrl_envs.python_tests.harness as harness
 import mtrl_gym  # noqa: F401 - importing it registers the built-in environment ids
 from mtrl_envs.python_tests.bank import problems, split_problems
 from mtrl_envs.python_tests.harness import format_call
+from mtrl_gym import EpisodeSummary, FinalAnswer, Status
 from mtrl_gym.checker import play
 from mtrl_gym.sandbox import SandboxInfraError, SandboxLimits
 
@@ -121,7 +122,10 @@ def test_python_tool__hostile_or_broken_code_is_the_agents_error(env, code, expe
 
 
 def test_python_infra__sandbox_failure_in_the_tool_or_in_grading_is_infra_error(monkeypatch):
+    runs = []
+
     def broken(*args, **kwargs):
+        runs.append(args)
         raise SandboxInfraError("could not start the sandbox")
 
     env = gym.make("mtrl/PythonTests-v0")
@@ -130,9 +134,30 @@ def test_python_infra__sandbox_failure_in_the_tool_or_in_grading_is_infra_error(
     _, reward, terminated, truncated, info = env.step(call(env, "run_tests", code="pass"))
     assert (info["status"], reward, terminated, truncated) == ("infra_error", 0.0, False, True)
     env.reset(options={"task_index": 0})
+    runs.clear()
     _, reward, terminated, truncated, info = env.step(submit("pass"))
+    assert len(runs) == 1  # graded once: the reward does not run the sandbox again
     assert (info["status"], reward, terminated, truncated) == ("infra_error", 0.0, False, True)
-    assert info["eval"]["status"] == "infra_error" and "could not start" in info["eval"]["error"]
+    assert info["eval"] == {
+        "success": False,
+        "status": "infra_error",
+        "error": "SandboxInfraError: could not start the sandbox",
+    }
+    assert info["final_answer"]["value"] == {"code": "pass"}
+    # The failure is cached for the episode: grading again re-raises it without another run.
+    summary = EpisodeSummary(
+        task=env.unwrapped.task,
+        status=Status.OK,
+        final_answer=FinalAnswer(raw="", value={"code": "pass"}),
+        tool_calls=(),
+        turns=1,
+        invalid_tool_calls=0,
+        format_errors=0,
+    )
+    for grade in (env.unwrapped.reward, env.unwrapped.evaluate):
+        with pytest.raises(SandboxInfraError, match="could not start"):
+            grade(summary)
+    assert len(runs) == 1
     # The async runner's path (astep) reports it the same way.
     env.reset(options={"task_index": 0})
     _, reward, terminated, truncated, info = asyncio.run(env.unwrapped.astep(submit("pass")))

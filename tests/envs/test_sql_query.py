@@ -9,6 +9,7 @@ import mtrl_envs.sql_query.execution as execution
 import mtrl_gym  # noqa: F401 - importing it registers the built-in environment ids
 from mtrl_envs.sql_query.env import DEFAULT_NUM_TASKS, SqlQueryEnv
 from mtrl_envs.sql_query.shop import TEMPLATES
+from mtrl_gym import EpisodeSummary, FinalAnswer, Status
 from mtrl_gym.checker import play
 from mtrl_gym.sandbox import SandboxInfraError, SandboxLimits
 
@@ -117,7 +118,10 @@ def test_sql_tool__large_results_are_cut_to_max_rows():
 
 
 def test_sql_infra__sandbox_failure_in_the_tool_or_in_grading_is_infra_error(monkeypatch):
+    runs = []
+
     def broken(*args, **kwargs):
+        runs.append(args)
         raise SandboxInfraError("could not start the sandbox")
 
     env = gym.make("mtrl/SqlQuery-v0")
@@ -126,9 +130,30 @@ def test_sql_infra__sandbox_failure_in_the_tool_or_in_grading_is_infra_error(mon
     _, reward, terminated, truncated, info = env.step(call(env, "run_query", sql="SELECT 1"))
     assert (info["status"], reward, terminated, truncated) == ("infra_error", 0.0, False, True)
     env.reset(options={"task_index": 0})
+    runs.clear()
     _, reward, terminated, truncated, info = env.step(submit("SELECT 1"))
+    assert len(runs) == 1  # graded once: the reward does not run the sandbox again
     assert (info["status"], reward, terminated, truncated) == ("infra_error", 0.0, False, True)
-    assert info["eval"]["status"] == "infra_error" and "could not start" in info["eval"]["error"]
+    assert info["eval"] == {
+        "success": False,
+        "status": "infra_error",
+        "error": "SandboxInfraError: could not start the sandbox",
+    }
+    assert info["final_answer"]["value"] == {"sql": "SELECT 1"}
+    # The failure is cached for the episode: grading again re-raises it without another run.
+    summary = EpisodeSummary(
+        task=env.unwrapped.task,
+        status=Status.OK,
+        final_answer=FinalAnswer(raw="", value={"sql": "SELECT 1"}),
+        tool_calls=(),
+        turns=1,
+        invalid_tool_calls=0,
+        format_errors=0,
+    )
+    for grade in (env.unwrapped.reward, env.unwrapped.evaluate):
+        with pytest.raises(SandboxInfraError, match="could not start"):
+            grade(summary)
+    assert len(runs) == 1
     # The async runner's path (astep) reports it the same way.
     env.reset(options={"task_index": 0})
     _, reward, terminated, truncated, info = asyncio.run(env.unwrapped.astep(submit("SELECT 1")))

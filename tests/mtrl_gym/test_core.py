@@ -5,7 +5,10 @@ import random
 import numpy as np
 import pytest
 
+from mtrl_gym import ToolInfraError
 from mtrl_gym.core import NO_CALL_FEEDBACK
+from mtrl_gym.evaluation import ExactMatchEvaluator, ExactMatchReward
+from mtrl_gym.sandbox import SandboxInfraError
 from tests.mtrl_gym.toy import ASYNC_SLEEPY, SLEEPY, ToyEnv
 
 
@@ -138,6 +141,93 @@ def test_step__tool_exception_is_infra_error_not_a_zero_score(toy_env):
     assert info["status"] == "infra_error" and truncated and not terminated
     assert "ConnectionError" in info["tool_calls"][0]["error"]
     assert len(info["tool_calls"]) == 1  # later calls are not run after an infra failure
+
+
+class Raising:
+    """An evaluator or reward function that counts its calls and raises ``error``."""
+
+    def __init__(self, error):
+        self.error, self.calls = error, 0
+
+    def __call__(self, episode):
+        self.calls += 1
+        raise self.error
+
+
+class Counting:
+    """Wraps an evaluator or reward function and counts its calls."""
+
+    def __init__(self, fn):
+        self.fn, self.calls = fn, 0
+
+    def __call__(self, episode):
+        self.calls += 1
+        return self.fn(episode)
+
+
+def run_step(env, action, runner):
+    return env.step(action) if runner == "step" else asyncio.run(env.astep(action))
+
+
+GRADING_INFRA_EVAL = {
+    "success": False,
+    "status": "infra_error",
+    "error": "ToolInfraError: grader unreachable",
+}
+
+
+@pytest.mark.parametrize("runner", ["step", "astep"])
+def test_step__evaluator_infra_failure_is_infra_error(runner):
+    evaluator, reward_fn = (
+        Raising(ToolInfraError("grader unreachable")),
+        Counting(ExactMatchReward()),
+    )
+    env = ToyEnv(evaluator=evaluator, reward_fn=reward_fn)
+    env.reset(options={"task_id": "t0"})
+    _, reward, terminated, truncated, info = run_step(
+        env, '<final_output>{"sum": 5}</final_output>', runner
+    )
+    assert (info["status"], reward, terminated, truncated) == ("infra_error", 0.0, False, True)
+    assert info["eval"] == GRADING_INFRA_EVAL
+    assert info["final_answer"] == {"raw": '{"sum": 5}', "value": {"sum": 5}, "error": None}
+    assert (evaluator.calls, reward_fn.calls) == (1, 0)  # no reward for an ungraded episode
+    with pytest.raises(RuntimeError, match="call reset"):
+        env.step("again")
+
+
+@pytest.mark.parametrize("runner", ["step", "astep"])
+def test_step__reward_infra_failure_is_infra_error(runner):
+    evaluator, reward_fn = (
+        Counting(ExactMatchEvaluator()),
+        Raising(ToolInfraError("grader unreachable")),
+    )
+    env = ToyEnv(evaluator=evaluator, reward_fn=reward_fn)
+    env.reset(options={"task_id": "t0"})
+    _, reward, terminated, truncated, info = run_step(
+        env, '<final_output>{"sum": 5}</final_output>', runner
+    )
+    assert (info["status"], reward, terminated, truncated) == ("infra_error", 0.0, False, True)
+    assert info["eval"] == GRADING_INFRA_EVAL  # not the evaluator's success
+    assert info["final_answer"]["value"] == {"sum": 5}
+    assert (evaluator.calls, reward_fn.calls) == (1, 1)
+
+
+def test_step__sandbox_infra_error_in_grading_is_a_tool_infra_error():
+    assert issubclass(SandboxInfraError, ToolInfraError)
+    env = ToyEnv(evaluator=Raising(SandboxInfraError("could not start the sandbox")))
+    env.reset(options={"task_id": "t0"})
+    _, reward, terminated, truncated, info = env.step("<final_output>{}</final_output>")
+    assert (info["status"], reward, terminated, truncated) == ("infra_error", 0.0, False, True)
+    assert info["eval"]["error"] == "SandboxInfraError: could not start the sandbox"
+
+
+@pytest.mark.parametrize("runner", ["step", "astep"])
+@pytest.mark.parametrize("where", ["evaluator", "reward_fn"])
+def test_step__other_grading_exceptions_are_bugs_and_propagate(runner, where):
+    env = ToyEnv(**{where: Raising(ValueError("grader bug"))})
+    env.reset(options={"task_id": "t0"})
+    with pytest.raises(ValueError, match="grader bug"):
+        run_step(env, '<final_output>{"sum": 5}</final_output>', runner)
 
 
 @pytest.mark.parametrize("tool_name", ["sleepy", "async_sleepy"])
@@ -286,3 +376,24 @@ def test_ensure_trainable__refuses_eval_only_envs():
         ensure_trainable(Benchmark())
     (result,) = EpisodeRunner().run_sync([EpisodeJob(env=Benchmark, policy=lambda o, i: "x")])
     assert result.eval_only
+
+
+def test_unlisted_tools__callable_but_not_advertised():
+    from mtrl_gym import Tool
+
+    secret = Tool.from_function(lambda: "hidden result", name="secret", description="Hidden.")
+
+    class Hidden(ToyEnv):
+        def unlisted_tools(self, task):
+            return (secret,)
+
+        def unknown_tool_error(self, name):
+            return f"no tool {name}"
+
+    env = Hidden()
+    obs, info = env.reset(seed=0)
+    assert "secret" not in [t["function"]["name"] for t in info["tools"]]
+    assert "secret" not in info["tools_prompt"]
+    _, _, _, _, info = env.step(call("secret") + call("nope"))
+    assert info["tool_calls"][0]["result"] == "hidden result"
+    assert info["tool_calls"][1]["error"] == "no tool nope"
