@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -218,6 +219,15 @@ class TextEnv(gym.Env[str, str]):
     def make_tools(self, task: Task, resources: EpisodeResources) -> Sequence[Tool]:
         """The tools for this episode; allocate per-episode state through ``resources``."""
         return ()
+
+    def grade_episode(self, episode: EpisodeSummary) -> Any:
+        """Expensive grading shared by the reward and the evaluator (``episode.grade``).
+
+        Runs once per episode, before both. Environments that execute the answer (hidden tests,
+        gold queries) do it here; raising :class:`~mtrl_gym.ToolInfraError` ends the episode as
+        ``infra_error``. The default grades nothing.
+        """
+        return None
 
     def unlisted_tools(self, task: Task) -> Sequence[Tool]:
         """Tools the agent may call but that are not advertised (not in prompt or ``tools``).
@@ -506,6 +516,7 @@ class TextEnv(gym.Env[str, str]):
         # for infrastructure reasons (ToolInfraError, e.g. a sandbox that cannot start) ends the
         # episode like a tool's infrastructure failure; any other exception is a bug and is raised.
         try:
+            summary = dataclasses.replace(summary, grade=self.grade_episode(summary))
             evaluation = self.evaluator(summary)
             failed = status in (Status.INFRA_ERROR, Status.TIMEOUT)
             reward = 0.0 if failed else float(self.reward_fn(summary))

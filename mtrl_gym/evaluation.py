@@ -100,6 +100,9 @@ class EpisodeSummary:
     turns: int
     invalid_tool_calls: int
     format_errors: int
+    # What the environment's ``grade_episode`` computed once (e.g. hidden tests run in a
+    # sandbox), shared by the reward and the evaluator so the expensive part runs once.
+    grade: Any = None
 
 
 class RewardFn(Protocol):

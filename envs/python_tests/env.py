@@ -33,7 +33,6 @@ from mtrl_gym import (
     TextEnv,
     Tool,
     ToolError,
-    ToolInfraError,
 )
 from mtrl_gym.evaluation import json_equal
 from mtrl_gym.sandbox import SandboxLimits
@@ -104,8 +103,6 @@ class PythonTestsEnv(TextEnv):
         self.split, self.limits, self.partial_credit = split, limits, partial_credit
         self._problems = {p.name: p for p in split_problems(split)}
         self._tasks = tuple(make_task(p) for p in self._problems.values())
-        # The current episode's grade by submitted code, or the infrastructure failure it raised.
-        self._grade: tuple[str, Grade | ToolInfraError] | None = None
 
     def tasks(self) -> Sequence[Task]:
         """The split's tasks, in bank order."""
@@ -115,7 +112,6 @@ class PythonTestsEnv(TextEnv):
         """One tool, ``run_tests``, bound to the task's visible tests."""
         problem = self._problems[task.metadata["function"]]
         limits = self.limits
-        self._grade = None
 
         def run_tests(code: str) -> str:
             """Runs your code against the visible tests and reports each test's result.
@@ -147,35 +143,24 @@ class PythonTestsEnv(TextEnv):
 
     # ---- grading -------------------------------------------------------------------------
 
-    def grade(self, episode: EpisodeSummary) -> Grade:
-        """Runs visible and hidden tests on the submitted code (once per episode).
+    def grade_episode(self, episode: EpisodeSummary) -> Grade:
+        """Runs visible and hidden tests on the submitted code (once, at the episode's end).
 
         Raises:
-            ToolInfraError: The sandbox could not run the tests (``SandboxInfraError``); the
-                failure is cached like a grade, so grading the same code again re-raises it
-                without running the sandbox again.
+            ToolInfraError: The sandbox could not run the tests (``SandboxInfraError``); TextEnv
+                ends the episode as ``infra_error``.
         """
         answer = episode.final_answer
         value = None if answer is None or answer.error is not None else answer.value
         code = value.get("code") if isinstance(value, dict) else None
         if episode.status is not Status.OK or not isinstance(code, str) or not code.strip():
             return Grade(0, 0, 'no {"code": "..."} final answer')
-        if self._grade is None or self._grade[0] != code:
-            self._grade = (code, self._run_grade(episode.task, code))
-        outcome = self._grade[1]
-        if isinstance(outcome, ToolInfraError):
-            raise outcome
-        return outcome
-
-    def _run_grade(self, task: Task, code: str) -> Grade | ToolInfraError:
-        problem = self._problems[task.metadata["function"]]
+        problem = self._problems[episode.task.metadata["function"]]
         cases = problem.visible + problem.hidden
         try:
             report = run_cases(code, problem.name, [c.args for c in cases], self.limits)
         except ToolError as e:
             return Grade(0, 0, str(e))
-        except ToolInfraError as e:
-            return e  # any other exception is a bug and propagates
         passed = _passed(cases, report.outcomes)
         n = len(problem.visible)
         return Grade(sum(passed[:n]), sum(passed[n:]), "tests ran")
@@ -187,7 +172,7 @@ class PythonTestsEnv(TextEnv):
 
     def reward(self, episode: EpisodeSummary) -> float:
         """1.0 when every visible and hidden test passes, else 0.0 (see ``partial_credit``)."""
-        grade = self.grade(episode)
+        grade = episode.grade
         if self.partial_credit:
             hidden = len(self._problems[episode.task.metadata["function"]].hidden)
             return grade.hidden_passed / hidden
@@ -196,9 +181,9 @@ class PythonTestsEnv(TextEnv):
     def evaluate(self, episode: EpisodeSummary) -> dict[str, Any]:
         """``success`` (every test passes), the counts, and ``status``.
 
-        A sandbox failure while grading propagates (see :meth:`grade`); ``TextEnv`` reports it.
+        Reads ``episode.grade`` (:meth:`grade_episode`).
         """
-        grade = self.grade(episode)
+        grade = episode.grade
         problem = self._problems[episode.task.metadata["function"]]
         return {
             "success": self._all_passed(episode, grade),

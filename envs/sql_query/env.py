@@ -114,8 +114,6 @@ class SqlQueryEnv(TextEnv):
         self.split, self.limits, self.max_rows = split, limits, max_rows
         self._tasks = tuple(make_task(split, i) for i in range(count))
         self.database_path: Path | None = None  # the current episode's sqlite file
-        # The current episode's grade by submitted SQL, or the infrastructure failure it raised.
-        self._grade: tuple[str, Grade | ToolInfraError] | None = None
 
     def tasks(self) -> Sequence[Task]:
         """The split's tasks, in index order."""
@@ -129,7 +127,7 @@ class SqlQueryEnv(TextEnv):
         """Writes the task's database into a private temporary directory; one query tool."""
         database = resources.tempdir(prefix="mtrl-sql-") / "shop.db"
         create_database(database, generate_shop(task.metadata["seed"]))
-        self.database_path, self._grade = database, None
+        self.database_path = database
         limits, max_rows = self.limits, self.max_rows
 
         def run_query(sql: str) -> str:
@@ -144,37 +142,25 @@ class SqlQueryEnv(TextEnv):
 
     # ---- grading -------------------------------------------------------------------------
 
-    def grade(self, episode: EpisodeSummary) -> Grade:
-        """Runs the submitted and the gold query and compares them (once per episode).
+    def grade_episode(self, episode: EpisodeSummary) -> Grade:
+        """Runs the submitted and the gold query and compares them (once, at the episode's end).
 
         Raises:
-            ToolInfraError: The sandbox could not run a query (``SandboxInfraError``); the failure
-                is cached like a grade, so grading the same answer again re-raises it without
-                running the sandbox again.
+            ToolInfraError: The sandbox could not run a query (``SandboxInfraError``); TextEnv
+                ends the episode as ``infra_error``.
         """
         answer = episode.final_answer
         value = None if answer is None or answer.error is not None else answer.value
         sql = value.get("sql") if isinstance(value, dict) else None
         if episode.status is not Status.OK or not isinstance(sql, str) or not sql.strip():
             return Grade(False, 'no {"sql": "..."} final answer')
-        if self._grade is None or self._grade[0] != sql:
-            self._grade = (sql, self._run_grade(episode.task, sql))
-        outcome = self._grade[1]
-        if isinstance(outcome, ToolInfraError):
-            raise outcome
-        return outcome
-
-    def _run_grade(self, task: Task, sql: str) -> Grade | ToolInfraError:
         assert self.database_path is not None
+        gold = self._gold(episode.task)
         try:
-            gold = self._gold(task)
-            try:
-                actual = execute(sql, self.database_path, self.limits)
-            except ToolError as e:
-                return Grade(False, f"the query failed: {e}")
-        except ToolInfraError as e:
-            return e  # any other exception is a bug and propagates
-        reason = compare(gold, actual, ordered=task.metadata["ordered"])
+            actual = execute(sql, self.database_path, self.limits)
+        except ToolError as e:
+            return Grade(False, f"the query failed: {e}")
+        reason = compare(gold, actual, ordered=episode.task.metadata["ordered"])
         return Grade(reason is None, reason or "same result as the reference")
 
     def _gold(self, task: Task) -> ResultSet:
@@ -195,14 +181,14 @@ class SqlQueryEnv(TextEnv):
 
     def reward(self, episode: EpisodeSummary) -> float:
         """1.0 when the submitted query returns the gold result, else 0.0."""
-        return float(self.grade(episode).correct)
+        return float(episode.grade.correct)
 
     def evaluate(self, episode: EpisodeSummary) -> dict[str, Any]:
         """``success``, the reason, and the episode's ``status``.
 
-        A sandbox failure while grading propagates (see :meth:`grade`); ``TextEnv`` reports it.
+        Reads ``episode.grade`` (:meth:`grade_episode`).
         """
-        grade = self.grade(episode)
+        grade = episode.grade
         return {"success": grade.correct, "reason": grade.reason, "status": str(episode.status)}
 
     def oracle_policy(self) -> Callable[[str, dict[str, Any]], str]:

@@ -397,3 +397,32 @@ def test_unlisted_tools__callable_but_not_advertised():
     _, _, _, _, info = env.step(call("secret") + call("nope"))
     assert info["tool_calls"][0]["result"] == "hidden result"
     assert info["tool_calls"][1]["error"] == "no tool nope"
+
+
+def test_grade_episode__runs_once_and_is_shared_by_reward_and_evaluator():
+    from mtrl_gym import ToolInfraError
+
+    calls = []
+
+    class Graded(ToyEnv):
+        fail = False
+
+        def grade_episode(self, episode):
+            calls.append(episode.task.id)
+            if self.fail:
+                raise ToolInfraError("grader down")
+            return {"score": 0.25}
+
+    env = Graded(
+        reward_fn=lambda ep: ep.grade["score"],
+        evaluator=lambda ep: {"success": ep.grade["score"] > 0.5, "grade": ep.grade},
+    )
+    env.reset(options={"task_id": "t0"})
+    _, reward, _, _, info = env.step("<final_output>{}</final_output>")
+    assert calls == ["t0"] and reward == 0.25
+    assert info["eval"] == {"success": False, "grade": {"score": 0.25}}
+    env.fail = True
+    env.reset(options={"task_id": "t1"})
+    _, reward, terminated, truncated, info = env.step("<final_output>{}</final_output>")
+    assert (info["status"], reward, terminated, truncated) == ("infra_error", 0.0, False, True)
+    assert info["eval"]["error"] == "ToolInfraError: grader down"
