@@ -1,0 +1,134 @@
+"""Decode throughput: mtrl's JAX sampler vs transformers ``generate`` on the same weights.
+
+Both run greedy decoding on CPU, side by side in one process, on one random Qwen3 checkpoint
+(width 256, 4 layers, vocab 2048) made with transformers and loaded with ``load_pretrained``:
+same batch, same prompt length, same number of new tokens, no stop conditions. Each side is
+warmed up once (compilation, allocator) and then timed over ``--repeats`` runs; the best run
+counts. Tokens/s = batch x new tokens / seconds, prefill included on both sides.
+
+Usage: ``python benchmarks/bench_sampler.py [--batch 8 --prompt 32 --new 128]``. The last
+stdout line is JSON; it is also written to ``benchmarks/results/sampler_cpu.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import torch
+import transformers
+
+from mtrl_jax.models import load_pretrained
+from mtrl_jax.sampler import SamplerConfig, SamplingEngine
+
+RESULTS = Path(__file__).parent / "results" / "sampler_cpu.json"
+CONFIG = {
+    "vocab_size": 2048,
+    "hidden_size": 256,
+    "intermediate_size": 768,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 64,
+    "max_position_embeddings": 1024,
+    "tie_word_embeddings": True,
+}
+
+
+def _best(fn: object, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()  # type: ignore[operator]
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def main() -> dict[str, object]:
+    """Runs both samplers and returns the result record."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--prompt", type=int, default=32)
+    parser.add_argument("--new", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--steps-per-call", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    hf_model = transformers.AutoModelForCausalLM.from_config(
+        transformers.Qwen3Config(**CONFIG), attn_implementation="sdpa"
+    ).eval()
+    prompts = np.random.default_rng(0).integers(0, CONFIG["vocab_size"], (args.batch, args.prompt))
+    gen = transformers.GenerationConfig(
+        do_sample=False,
+        max_new_tokens=args.new,
+        min_new_tokens=args.new,
+        eos_token_id=None,
+        pad_token_id=0,
+    )
+
+    def run_hf() -> np.ndarray:
+        with torch.no_grad():
+            out = hf_model.generate(torch.tensor(prompts), generation_config=gen)
+        return out[:, args.prompt :].numpy()
+
+    hf_tokens = run_hf()
+    hf_s = _best(run_hf, args.repeats)
+    total = args.batch * args.new
+    record: dict[str, object] = {
+        "benchmark": "sampler_cpu",
+        "model": {k: CONFIG[k] for k in ("vocab_size", "hidden_size", "num_hidden_layers")},
+        "batch": args.batch,
+        "prompt_len": args.prompt,
+        "new_tokens": args.new,
+        "transformers_tokens_per_s": round(total / hf_s, 1),
+    }
+    with tempfile.TemporaryDirectory() as folder:
+        hf_model.save_pretrained(folder)
+        model = load_pretrained(folder)
+    for steps in args.steps_per_call:
+        engine = SamplingEngine(
+            model,
+            num_slots=args.batch,
+            max_len=args.prompt + args.new + 1,
+            config=SamplerConfig(temperature=0.0, prefill_buckets=(args.prompt,)),
+            key=jax.random.key(0),
+            decode_steps_per_call=steps,
+        )
+
+        def run_ours(engine: SamplingEngine = engine) -> list[list[int]]:
+            results = engine.generate_batch(prompts.tolist(), max_new_tokens=args.new)
+            return [r.tokens for r in results]
+
+        ours_tokens = np.asarray(run_ours())
+        ours_s = _best(run_ours, args.repeats)
+        record[f"mtrl_steps{steps}_tokens_per_s"] = round(total / ours_s, 1)
+        record[f"mtrl_steps{steps}_speedup"] = round(hf_s / ours_s, 2)
+        record[f"mtrl_steps{steps}_token_agreement"] = float((ours_tokens == hf_tokens).mean())
+    record["hardware"] = {
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        # The machine is shared: a load average near the core count means noisy timings.
+        "load_average_1min": round(os.getloadavg()[0], 2),
+        "torch_threads": torch.get_num_threads(),
+        "jax": jax.__version__,
+        "jax_backend": jax.default_backend(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(record, indent=2) + "\n")
+    print(json.dumps(record))
+    return record
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""Fixtures for the sampler tests: one tiny Qwen3 checkpoint and a mock tokenizer.
+
+Every engine built through :func:`make_engine` has the same slot count, cache length and
+buckets, so tests share the compiled prefill and decode programs (one set per sampling mode).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+import pytest
+
+from mtrl_jax.models import load_pretrained
+from mtrl_jax.sampler import SamplerConfig, SamplingEngine
+from tests.mtrl_jax.models.helpers import VOCAB, Checkpoint, make_checkpoint
+
+NUM_SLOTS = 3
+MAX_LEN = 64
+BUCKETS = (8, 32)
+
+
+class PairTokenizer:
+    """Token ``i`` decodes to two letters, so stop strings can end inside a token."""
+
+    def decode(self, ids: list[int]) -> str:
+        """``"".join`` of each id's two letters."""
+        return "".join(chr(97 + i % 26) + chr(65 + i // 26) for i in ids)
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Checkpoint:
+    """A tiny random Qwen3 (untied head, head_dim 24) made with transformers and saved to disk."""
+    return make_checkpoint("qwen3_untied", tmp_path_factory.mktemp("qwen3_untied"))
+
+
+@pytest.fixture(scope="session")
+def model(checkpoint: Checkpoint) -> Any:
+    """The checkpoint loaded with :func:`load_pretrained` (float32)."""
+    return load_pretrained(checkpoint.path)
+
+
+@pytest.fixture(scope="session")
+def make_engine(model: Any) -> Any:
+    """``make_engine(seed=0, **config) -> SamplingEngine`` with the shared shapes."""
+
+    def make(seed: int = 0, *, steps: int = 1, **config: Any) -> SamplingEngine:
+        cfg = SamplerConfig(prefill_buckets=BUCKETS, **config)
+        return SamplingEngine(
+            model,
+            num_slots=NUM_SLOTS,
+            max_len=MAX_LEN,
+            tokenizer=PairTokenizer(),
+            config=cfg,
+            key=jax.random.key(seed),
+            decode_steps_per_call=steps,
+        )
+
+    return make
+
+
+def prompts(lengths: tuple[int, ...], seed: int = 0) -> list[list[int]]:
+    """Deterministic prompts of the given lengths."""
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, VOCAB, size=n).tolist() for n in lengths]
