@@ -33,7 +33,6 @@ trainer's), writing records (``mtrl_jax.trajectory.TrajectoryWriter``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -260,12 +259,8 @@ class RolloutEngine:
         return record
 
     def _end_session(self, session_id: str | None) -> None:
-        """Frees the sampler session; best effort when a cancelled call is still in flight."""
-        if session_id is None:
-            return
-        # A timed-out episode's generate call may still be decoding, and the sampler refuses to
-        # end a busy session (RuntimeError); the rollout cannot do better than leave it.
-        with contextlib.suppress(RuntimeError):
+        """Frees the sampler session (deferred by the sampler if a cancelled call is in flight)."""
+        if session_id is not None:
             self.sampler.end_session(session_id)
 
     def _record(

@@ -54,6 +54,7 @@ class _Session:
     cached: int = 0  # tokens of `context` written into the slot's cache
     sampled: int = 0  # sampled tokens over all turns (episode budget)
     busy: bool = False
+    ending: bool = False  # end_session was called during a call in flight: free at its end
 
 
 @dataclasses.dataclass
@@ -151,12 +152,17 @@ class SamplingEngine:
         return None if session is None else session.slot
 
     def end_session(self, session_id: str) -> None:
-        """Forgets the session and frees its slot for waiting requests."""
+        """Forgets the session and frees its slot for waiting requests.
+
+        If a call of the session is still in flight (its caller timed out or was cancelled),
+        the session is ended as soon as that call finishes, so its slot is never leaked.
+        """
         session = self._sessions.get(session_id)
         if session is None:
             return
         if session.busy:
-            raise RuntimeError(f"session {session_id!r} has a generate call in flight")
+            session.ending = True
+            return
         del self._sessions[session_id]
         if session.slot is not None:
             self._free.append(session.slot)
@@ -279,12 +285,16 @@ class SamplingEngine:
         except BaseException as error:
             # A failed device call leaves the cache in an unknown state: fail every caller
             # rather than leave their awaits hanging.
-            for request in [*self._running.values(), *self._pending]:
+            failed = [*self._running.values(), *self._pending]
+            for request in failed:
                 self._sessions[request.session_id].busy = False
                 if request.on_error is not None:
                     request.on_error(error)
             self._running.clear()
             self._pending.clear()
+            for request in failed:
+                if self._sessions.get(request.session_id, _Session()).ending:
+                    self.end_session(request.session_id)
             raise
 
     def _admit(self) -> None:
@@ -402,3 +412,5 @@ class SamplingEngine:
     def _finish(self, request: _Request, session: _Session) -> None:
         session.busy = False
         request.on_done(request.result)
+        if session.ending:
+            self.end_session(request.session_id)

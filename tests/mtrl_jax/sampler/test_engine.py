@@ -201,3 +201,33 @@ def test_engine__rejects_caller_errors_before_touching_shared_state(model: Any) 
         engine.generate_batch([[1, 2]], stop_strings=["x"])
     with pytest.raises(ValueError, match="no context"):
         engine.generate_batch([[]])
+
+
+def test_engine__ending_a_busy_session_frees_its_slot_when_the_call_finishes(
+    make_engine: Any,
+) -> None:
+    engine = make_engine(temperature=0.0)  # 3 slots
+    ps = prompts((4, 4, 4, 4, 4, 4), seed=7)
+
+    async def run() -> list[SampleResult]:
+        first = asyncio.create_task(engine.generate("gone", ps[0], max_new_tokens=40))
+        for _ in range(6000):  # wait until it holds a slot and decodes
+            if engine.session_slot("gone") is not None:
+                break
+            await asyncio.sleep(0.005)
+        first.cancel()  # its caller gives up (an episode timeout) ...
+        engine.end_session("gone")  # ... and ends the session while the call is in flight
+        assert engine.session_slot("gone") is not None  # deferred until the call finishes
+
+        async def one(sid: str, prompt: list[int]) -> SampleResult:
+            result = await engine.generate(sid, prompt, max_new_tokens=3)
+            return result  # sessions keep their slots: all three need distinct slots
+
+        # Without the deferred release one of these would wait for a slot forever.
+        return await asyncio.wait_for(
+            asyncio.gather(*(one(f"s{i}", ps[i]) for i in (1, 2, 3))), timeout=60
+        )
+
+    results = asyncio.run(run())
+    assert [len(r.tokens) for r in results] == [3, 3, 3]
+    assert engine.session_slot("gone") is None
