@@ -148,6 +148,54 @@ def write_rows(buffer: Array, new: Array, start: Array) -> Array:
     return jax.vmap(one_row)(buffer, new, start)
 
 
+class LayerCache(NamedTuple):
+    """One layer's view of the stacked cache: all layers' buffers and the layer to use.
+
+    The block scan carries the whole ``[L, B, S, K, H]`` buffers and each layer scatters its
+    new keys/values into them at its own index. Slicing a layer out (as scan ``xs``) and
+    stacking it back (as ``ys``) would instead make XLA write a fresh copy of the full cache
+    on every decoding step, which dominates the step time for long caches.
+
+    Attributes:
+        k: ``[L, B, S, K, H]`` keys of all layers.
+        v: ``[L, B, S, K, H]`` values of all layers.
+        layer: int32 scalar, the layer this block reads and writes.
+    """
+
+    k: Array
+    v: Array
+    layer: Array
+
+
+def write_layer(buffer: Array, new: Array, layer: Array, start: Array) -> Array:
+    """Writes ``new[b]`` into ``buffer[layer, b]`` at slots ``start[b] .. start[b] + T - 1``.
+
+    Only the ``B * T`` new entries are written (a scatter that XLA performs in place on a
+    donated or loop-carried buffer), never a copy of the whole buffer.
+
+    Args:
+        buffer: ``[L, B, S, ...]``.
+        new: ``[B, T, ...]`` with the same trailing dims.
+        layer: int32 scalar layer index, in ``[0, L)``.
+        start: ``[B]`` int32 first slot per row.
+
+    Returns:
+        ``buffer`` with the new entries written.
+    """
+    b, t = new.shape[:2]
+    # Clamp the start as `dynamic_update_slice` does (see the module docstring), so a write
+    # past the end lands exactly where `write_rows` would have put it.
+    start = jnp.clip(start.astype(jnp.int32), 0, buffer.shape[2] - t)
+    slots = start[:, None] + jnp.arange(t, dtype=jnp.int32)[None, :]  # [B, T]
+    rows = jnp.arange(b, dtype=jnp.int32)[:, None]  # [B, 1]
+    return buffer.at[layer, rows, slots].set(
+        new.astype(buffer.dtype),
+        indices_are_sorted=True,
+        unique_indices=True,
+        mode="promise_in_bounds",
+    )
+
+
 class Attention(nnx.Module):
     """Multi-head attention with ``N`` query heads sharing ``K`` key/value heads."""
 
@@ -179,7 +227,7 @@ class Attention(nnx.Module):
         cos: Array,
         sin: Array,
         mask_info: MaskInfo,
-        kv_cache: tuple[Array, Array] | None = None,
+        kv_cache: LayerCache | None = None,
         write_at: Array | None = None,
     ) -> tuple[Array, tuple[Array, Array] | None]:
         """Attends ``x`` ``[B, T, D]`` to itself, or to the cache after writing into it.
@@ -189,11 +237,12 @@ class Attention(nnx.Module):
             cos: ``[B, T, H]`` RoPE table for the new tokens.
             sin: ``[B, T, H]``.
             mask_info: slots and segments of the queries and of the keys attended to.
-            kv_cache: this layer's ``(k, v)`` cache, each ``[B, S, K, H]``, or None.
+            kv_cache: the stacked cache and this layer's index, or None.
             write_at: ``[B]`` first slot to write per row (with ``kv_cache``).
 
         Returns:
-            ``[B, T, D]`` output and the updated ``(k, v)`` (None without a cache).
+            ``[B, T, D]`` output and the updated stacked ``(k, v)``, each ``[L, B, S, K, H]``
+            (None without a cache).
         """
         q = self.q_proj(x)  # [B, T, N, H]
         k = self.k_proj(x)  # [B, T, K, H]
@@ -204,10 +253,12 @@ class Attention(nnx.Module):
         new_cache = None
         if kv_cache is not None:
             assert write_at is not None
-            cache_k = write_rows(kv_cache[0], k, write_at)
-            cache_v = write_rows(kv_cache[1], v, write_at)
+            layer = kv_cache.layer
+            cache_k = write_layer(kv_cache.k, k, layer, write_at)
+            cache_v = write_layer(kv_cache.v, v, layer, write_at)
             new_cache = (cache_k, cache_v)
-            k, v = cache_k.astype(q.dtype), cache_v.astype(q.dtype)
+            k = jax.lax.dynamic_index_in_dim(cache_k, layer, keepdims=False).astype(q.dtype)
+            v = jax.lax.dynamic_index_in_dim(cache_v, layer, keepdims=False).astype(q.dtype)
         if self.impl == "cudnn":
             out = _attend_cudnn(q, k, v, mask_info.mask())
         else:

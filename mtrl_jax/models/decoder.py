@@ -35,7 +35,14 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import Array
 
-from mtrl_jax.models.attention import Attention, KVCache, MaskInfo, init_cache, write_rows
+from mtrl_jax.models.attention import (
+    Attention,
+    KVCache,
+    LayerCache,
+    MaskInfo,
+    init_cache,
+    write_rows,
+)
 from mtrl_jax.models.config import REMAT_POLICY_NAMES, DecoderConfig
 from mtrl_jax.models.layers import MLP, Embed, Projection, RMSNorm, rope_inv_freq, rope_tables
 
@@ -129,10 +136,10 @@ class Block(nnx.Module):
         cos: Array,
         sin: Array,
         mask_info: MaskInfo,
-        kv_cache: tuple[Array, Array] | None = None,
+        kv_cache: LayerCache | None = None,
         write_at: Array | None = None,
     ) -> tuple[Array, tuple[Array, Array] | None]:
-        """``[B, T, D]`` -> ``[B, T, D]`` (and this layer's updated cache)."""
+        """``[B, T, D]`` -> ``[B, T, D]`` (and the stacked cache with this layer updated)."""
         attn_out, kv_cache = self.self_attn(
             self.input_layernorm(x), cos, sin, mask_info, kv_cache, write_at
         )
@@ -300,22 +307,28 @@ class Decoder(nnx.Module):
 
         graphdef, layer_state = nnx.split(self.layers)
 
-        def body(x: Array, xs: Any) -> tuple[Array, Any]:
-            state, kv = xs
+        # The cache rides in the scan carry, not in xs/ys: each layer then scatters only its new
+        # entries into the (donated, loop-carried) buffers in place, instead of the scan
+        # stacking a fresh copy of every layer's full cache on every call.
+        def body(carry: Any, xs: Any) -> tuple[Any, None]:
+            x, kv = carry
+            state, layer = xs
             block = nnx.merge(graphdef, state)
-            x, kv = block(x, cos, sin, mask_info, kv, write_at)
-            return x, kv
+            layer_cache = None if kv is None else LayerCache(kv[0], kv[1], layer)
+            x, kv = block(x, cos, sin, mask_info, layer_cache, write_at)
+            return (x, kv), None
 
         policy_name = cfg.remat_policy
         if policy_name != "none":
             # prevent_cse=False is safe (and faster) inside scan, per the jax.checkpoint docs.
             body = jax.checkpoint(body, policy=REMAT_POLICIES[policy_name], prevent_cse=False)
-        kv_xs = None if cache is None else (cache.k, cache.v)
-        x, kv_ys = jax.lax.scan(body, x, (layer_state, kv_xs))
+        kv_init = None if cache is None else (cache.k, cache.v)
+        layer_ids = jnp.arange(cfg.num_layers, dtype=jnp.int32)
+        (x, kv_out), _ = jax.lax.scan(body, (x, kv_init), (layer_state, layer_ids))
         hidden = self.norm(x)
         if cache is None:
             return hidden, None
-        new_cache = KVCache(k=kv_ys[0], v=kv_ys[1], segment_ids=k_segments, index=cache.index + t)
+        new_cache = KVCache(k=kv_out[0], v=kv_out[1], segment_ids=k_segments, index=cache.index + t)
         return hidden, new_cache
 
     # ------------------------------------------------------------------------------ internal
