@@ -78,7 +78,9 @@ def test_oracle__solves_every_task(env_id):
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
 def test_make_vec__text_envs_vectorise(mode):
-    kwargs = {"vector_kwargs": {"shared_memory": False}} if mode == "async" else {}
+    # spawn, not fork: the test process has JAX threads running, and fork would copy them.
+    async_kwargs = {"shared_memory": False, "context": "spawn"}
+    kwargs = {"vector_kwargs": async_kwargs} if mode == "async" else {}
     envs = gym.make_vec("mtrl/OrderLookup-v0", num_envs=3, vectorization_mode=mode, **kwargs)
     try:
         obs, info = envs.reset(seed=[0, 1, 2])
