@@ -47,7 +47,8 @@ def test_reset__info_has_tools_messages_and_task(toy_env):
         {"role": "user", "content": "Add 2 and 3."},
     ]
     assert obs.startswith("Be exact.") and obs.endswith("Add 2 and 3.")
-    assert "<tools>" in obs or "add" in info["tools_prompt"]
+    assert info["tools_prompt"] and info["tools_prompt"] in obs
+    assert all(name in info["tools_prompt"] for name in ("add", "lookup", "crash"))
 
 
 def test_step__tool_call_result_and_final_answer(toy_env):
