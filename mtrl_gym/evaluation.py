@@ -104,6 +104,12 @@ class EpisodeSummary:
     # sandbox), shared by the reward and the evaluator so the expensive part runs once.
     grade: Any = None
 
+    @property
+    def answer_value(self) -> JSON:
+        """The decoded final answer, or ``None`` if there is none or it did not parse."""
+        fa = self.final_answer
+        return None if fa is None or fa.error is not None else fa.value
+
 
 class RewardFn(Protocol):
     """Maps a finished episode to a scalar reward.
@@ -166,11 +172,6 @@ def field_matches(answer: JSON, expected: JSON) -> dict[str, bool]:
     return {k: k in got and json_equal(got[k], v) for k, v in expected.items()}
 
 
-def _answer_value(episode: EpisodeSummary) -> JSON:
-    fa = episode.final_answer
-    return None if fa is None or fa.error is not None else fa.value
-
-
 @dataclass(frozen=True)
 class ExactMatchReward:
     """1.0 when every expected field matches exactly, else 0.0 (or the matched fraction).
@@ -185,7 +186,7 @@ class ExactMatchReward:
         """Scores the final answer against ``episode.task.answer``."""
         if episode.status is not Status.OK:
             return 0.0
-        matches = field_matches(_answer_value(episode), episode.task.answer)
+        matches = field_matches(episode.answer_value, episode.task.answer)
         if not matches:
             return 1.0
         if self.partial:
@@ -250,7 +251,7 @@ class ExactMatchEvaluator:
     def __call__(self, episode: EpisodeSummary) -> dict[str, Any]:
         """Evaluates the final answer against ``episode.task.answer``."""
         answered = episode.status is Status.OK
-        matches = field_matches(_answer_value(episode), episode.task.answer)
+        matches = field_matches(episode.answer_value, episode.task.answer)
         if not answered:
             matches = dict.fromkeys(matches, False)
         acc = sum(matches.values()) / len(matches) if matches else float(answered)

@@ -73,15 +73,12 @@ class Verdict:
 class HelpdeskReward:
     """Reward = answer exact match x state correctness: 1.0 only when both are right.
 
-    Args:
-        verdict: Computes a finished episode's :class:`Verdict` (the environment's).
+    Reads the :class:`Verdict` the environment's ``grade_episode`` put in ``episode.grade``.
     """
-
-    verdict: Callable[[EpisodeSummary], Verdict]
 
     def __call__(self, episode: EpisodeSummary) -> float:
         """1.0 for a right answer on a right final state, else 0.0."""
-        v = self.verdict(episode)
+        v: Verdict = episode.grade
         return float(v.answer_correct and v.state_correct)
 
 
@@ -89,15 +86,12 @@ class HelpdeskReward:
 class HelpdeskEvaluator:
     """External evaluation: ``success`` plus the answer and state checks behind it.
 
-    Args:
-        verdict: Computes a finished episode's :class:`Verdict` (the environment's).
+    Reads the :class:`Verdict` the environment's ``grade_episode`` put in ``episode.grade``.
     """
-
-    verdict: Callable[[EpisodeSummary], Verdict]
 
     def __call__(self, episode: EpisodeSummary) -> dict[str, Any]:
         """Reports ``success`` with the answer and state checks behind it."""
-        v = self.verdict(episode)
+        v: Verdict = episode.grade
         return {
             "success": v.answer_correct and v.state_correct,
             "answer_correct": v.answer_correct,
@@ -125,8 +119,8 @@ class HelpdeskEnv(TextEnv):
         count = DEFAULT_NUM_TASKS[split] if num_tasks is None else num_tasks
         if count < 1:
             raise ValueError(f"num_tasks must be >= 1, got {num_tasks}")
-        kwargs.setdefault("reward_fn", HelpdeskReward(self.verdict))
-        kwargs.setdefault("evaluator", HelpdeskEvaluator(self.verdict))
+        kwargs.setdefault("reward_fn", HelpdeskReward())
+        kwargs.setdefault("evaluator", HelpdeskEvaluator())
         kwargs.setdefault("max_turns", 12)
         super().__init__(**kwargs)
         self.split = split
@@ -147,10 +141,9 @@ class HelpdeskEnv(TextEnv):
         self.database_path, self._db, self._initial = path, conn, snapshot(conn)
         return HelpdeskTools(conn).tools()
 
-    def verdict(self, episode: EpisodeSummary) -> Verdict:
-        """Compares the final answer and the database with the task's goal."""
-        answer = episode.final_answer
-        value = None if answer is None or answer.error is not None else answer.value
+    def grade_episode(self, episode: EpisodeSummary) -> Verdict:
+        """Compares the final answer and the database with the task's goal (once per episode)."""
+        value = episode.answer_value
         fields = field_matches(value, episode.task.answer)
         answered = episode.status is Status.OK and all(fields.values())
         expected = apply_changes(self._initial, episode.task.metadata["changes"])

@@ -116,8 +116,7 @@ class InventoryEnv(TextEnv):
         expected = episode.task.answer
         levels = dict(self._db.execute("SELECT sku, units FROM stock").fetchall())
         db_ok = all(levels.get(s) == u for s, u in expected.items())
-        answer = None if episode.final_answer is None else episode.final_answer.value
-        fields = field_matches(answer, expected)
+        fields = field_matches(episode.answer_value, expected)
         answered = str(episode.status) == "ok" and all(fields.values())
         return {
             "success": db_ok and answered,

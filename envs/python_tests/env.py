@@ -150,8 +150,7 @@ class PythonTestsEnv(TextEnv):
             ToolInfraError: The sandbox could not run the tests (``SandboxInfraError``); TextEnv
                 ends the episode as ``infra_error``.
         """
-        answer = episode.final_answer
-        value = None if answer is None or answer.error is not None else answer.value
+        value = episode.answer_value
         code = value.get("code") if isinstance(value, dict) else None
         if episode.status is not Status.OK or not isinstance(code, str) or not code.strip():
             return Grade(0, 0, 'no {"code": "..."} final answer')

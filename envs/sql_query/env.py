@@ -149,8 +149,7 @@ class SqlQueryEnv(TextEnv):
             ToolInfraError: The sandbox could not run a query (``SandboxInfraError``); TextEnv
                 ends the episode as ``infra_error``.
         """
-        answer = episode.final_answer
-        value = None if answer is None or answer.error is not None else answer.value
+        value = episode.answer_value
         sql = value.get("sql") if isinstance(value, dict) else None
         if episode.status is not Status.OK or not isinstance(sql, str) or not sql.strip():
             return Grade(False, 'no {"sql": "..."} final answer')
