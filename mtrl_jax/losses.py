@@ -47,7 +47,8 @@ class LossConfig:
     """The objective: policy loss, mismatch correction, regularisers and aggregation.
 
     Attributes:
-        policy_loss: ``ppo``, ``cispo`` or ``is`` (registry names).
+        policy_loss: ``ppo``, ``cispo`` or ``is`` (registry names); ``nll`` is supervised
+            fine-tuning (``mtrl sft``).
         clip_low: PPO lower clip, ``r >= 1 - clip_low``.
         clip_high: PPO upper clip, ``r <= 1 + clip_high`` (DAPO's clip-higher uses 0.28).
         dual_clip_c: PPO dual clip for negative advantages (``> 1``, commonly 3), or None.
@@ -193,6 +194,27 @@ def is_policy_loss(
     zero = jnp.zeros_like(ratio)
     names = ("policy/clipfrac", "policy/clipfrac_low", "policy/clipfrac_high")
     return -ratio * advantages, {**dict.fromkeys(names, zero), "policy/dual_clipfrac": zero}
+
+
+@POLICY_LOSSES.register("nll")
+def nll_loss(
+    logp: Float[Array, "B T"],
+    old_logp: Float[Array, "B T"],
+    advantages: Float[Array, "B T"],
+    loss_mask: Float[Array, "B T"],
+    cfg: LossConfig,
+) -> tuple[Float[Array, "B T"], dict[str, Float[Array, "B T"]]]:
+    """Negative log-likelihood of the masked tokens: supervised fine-tuning.
+
+    ``l_t = -log pi(o_t)``. Advantages and old log-probs are ignored: every masked token is a
+    demonstration to imitate (``mtrl sft`` on oracle episodes or recorded trajectories). It is
+    the on-policy REINFORCE gradient with ``A = 1`` on data the policy did not sample, i.e.
+    behaviour cloning; use it for warm starts, not for RL.
+    """
+    del old_logp, advantages, loss_mask, cfg
+    zero = jnp.zeros_like(logp)
+    names = ("policy/clipfrac", "policy/clipfrac_low", "policy/clipfrac_high")
+    return -logp, {**dict.fromkeys(names, zero), "policy/dual_clipfrac": zero}
 
 
 # --- sampler/trainer mismatch: (old_logp, behaviour_logp, mask, segment_ids, cfg) -> weight --

@@ -69,6 +69,7 @@ class Sampler(Protocol):
         max_new_tokens: int | None = None,
         stop_token_ids: Sequence[int] = (),
         stop_strings: Sequence[str] = (),
+        request_id: int | None = None,
     ) -> SampleLike: ...
 
     def end_session(self, session_id: str) -> None: ...  # noqa: D102
@@ -195,7 +196,7 @@ class RolloutEngine:
                     seed = int(
                         np.random.SeedSequence([self.cfg.seed, step, t, j]).generate_state(1)[0]
                     )
-                    job = (envs[t * g + j], dict(options), seed, group_id, j)
+                    job = (envs[t * g + j], dict(options), seed, group_id, j, t * g + j)
                     coros.append(self._episode(*job, semaphore))
             records = list(await asyncio.gather(*coros))
         finally:
@@ -210,11 +211,17 @@ class RolloutEngine:
         seed: int,
         group_id: str,
         index: int,
+        stream: int,
         semaphore: asyncio.Semaphore,
     ) -> TrajectoryRecord:
-        """Plays one episode; a sampler failure becomes an ``infra_error`` record."""
+        """Plays one episode; a sampler failure becomes an ``infra_error`` record.
+
+        ``stream`` numbers the episode within the round: its ``k``-th sampler call uses request
+        id ``stream * (max_steps + 1) + k``, so its noise depends on which episode and turn it is,
+        never on the order in which concurrent episodes reach the sampler.
+        """
         seq = EpisodeSequence(self.tokenizer, stop_token_ids=self.stop_token_ids)
-        state: dict[str, Any] = {"session": None, "samples": 0, "sample_s": 0.0}
+        state: dict[str, Any] = {"session": None, "samples": 0, "sample_s": 0.0, "calls": 0}
 
         async def policy(observation: str, info: dict[str, Any]) -> str:
             del observation  # the structured messages in ``info`` are what gets rendered
@@ -232,7 +239,9 @@ class RolloutEngine:
                 max_new_tokens=self.cfg.max_new_tokens,
                 stop_token_ids=self.stop_token_ids,
                 stop_strings=self.cfg.stop_strings,
+                request_id=(stream * (self.cfg.max_steps + 1) + state["calls"]) % (2**31 - 1),
             )
+            state["calls"] += 1
             state["sample_s"] += time.monotonic() - start
             if not result.tokens and result.stop_reason == "context_full":
                 seq.discard_prompt(len(ids), fresh)

@@ -13,9 +13,13 @@ saw is exactly the concatenation of every ``new_tokens`` and every sampled token
 :meth:`SamplingEngine.end_session`; requests of new sessions wait while every slot is held. The
 rollout engine must therefore end sessions (episodes) it is done with.
 
-Randomness: each request gets the next value of a per-engine counter, and its token ``i`` is
-drawn with ``fold_in(fold_in(key, counter), i)``: repeated calls never reuse noise, and a
-request's draws do not depend on what else is in the batch.
+Randomness: each request gets a request id, by default the next value of a per-engine counter,
+and its token ``i`` is drawn with ``fold_in(fold_in(key, request_id), i)``: repeated calls never
+reuse noise, and a request's draws do not depend on what else is in the batch. Callers that need
+draws independent of *arrival order* (which depends on thread scheduling when environments run
+tools on worker threads) pass their own ``request_id``, unique under the current key, and move
+to a fresh key with :meth:`SamplingEngine.set_key` between rounds (the trainer folds the step
+into it), so a resumed run samples exactly what the uninterrupted run did.
 
 Weights: :meth:`SamplingEngine.set_params` swaps them between device calls. A result's
 ``policy_version`` is the oldest version that sampled any of its tokens. The KV cache of earlier
@@ -66,7 +70,7 @@ class _Request:
     stop_strings: Sequence[str]
     on_done: Callable[[SampleResult], None]
     on_error: Callable[[BaseException], None] | None = None
-    request_id: int = 0
+    request_id: int = -1  # -1: take the engine's counter when started
     stopper: TurnStopper | None = None
     result: SampleResult = dataclasses.field(default_factory=SampleResult)
 
@@ -142,6 +146,19 @@ class SamplingEngine:
         self._state = model_or_state
         self._version = int(version)
 
+    def set_key(self, key: jax.Array) -> None:
+        """Uses a new base PRNG key (typed or raw) for requests started from now on.
+
+        Call it only between rounds, when no request is running: running requests draw their
+        remaining tokens from the engine's current key. The default request counter restarts.
+        """
+        if self._running:
+            raise RuntimeError("set_key while requests are running would change their noise")
+        if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+            key = jax.random.wrap_key_data(key)
+        self._key = key
+        self._counter = itertools.count()
+
     def context(self, session_id: str) -> list[int]:
         """Every token the sampler saw for the session: all ``new_tokens`` and samples."""
         return list(self._sessions[session_id].context)
@@ -176,6 +193,7 @@ class SamplingEngine:
         max_new_tokens: int | None = None,
         stop_token_ids: Sequence[int] = (),
         stop_strings: Sequence[str] = (),
+        request_id: int | None = None,
     ) -> SampleResult:
         """Appends ``new_tokens`` to the session's context and samples the next turn.
 
@@ -187,6 +205,8 @@ class SamplingEngine:
             max_new_tokens: turn limit (default ``config.max_new_tokens``).
             stop_token_ids: ids that end the turn (kept in the output).
             stop_strings: strings that end the turn (needs a tokenizer; see ``stopping``).
+            request_id: the noise stream of this call, in ``[0, 2**31 - 1)``; the caller keeps
+                it unique under the current key. None: the engine's counter.
 
         Returns:
             The sampled turn. If the context cannot hold ``new_tokens`` plus one sampled
@@ -203,8 +223,12 @@ class SamplingEngine:
             if not future.done():
                 future.set_exception(error)
 
+        if request_id is not None and not 0 <= request_id < 2**31 - 1:
+            raise ValueError(f"request_id must be in [0, 2**31 - 1), got {request_id}")
         self._submit(session_id, new_tokens, max_new_tokens, stop_token_ids, stop_strings, done)
         self._pending[-1].on_error = fail
+        if request_id is not None:
+            self._pending[-1].request_id = request_id
         self._kick()
         return await future
 
@@ -332,7 +356,8 @@ class SamplingEngine:
             limit_reason=reason,
             tokenizer=self.tokenizer,
         )
-        request.request_id = next(self._counter) % (2**31 - 1)
+        if request.request_id < 0:
+            request.request_id = next(self._counter) % (2**31 - 1)
         session.context.extend(request.new_tokens)
         todo = session.context[session.cached :]
         largest = max(self.config.prefill_buckets)

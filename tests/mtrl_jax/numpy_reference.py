@@ -181,6 +181,8 @@ def total_loss(batch, logp, entropy, cfg):
                 policy[r, j] = ppo_token(*args, cfg["clip_low"], cfg["clip_high"], cfg["dual_c"])
             elif cfg["policy_loss"] == "cispo":
                 policy[r, j] = cispo_token(*args, cfg["cispo_low"], cfg["cispo_high"])
+            elif cfg["policy_loss"] == "nll":
+                policy[r, j] = -logp[r, j]  # behaviour cloning: advantages ignored
             else:
                 policy[r, j] = is_token(*args)
     level = cfg["is_correction"]

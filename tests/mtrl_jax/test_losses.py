@@ -82,6 +82,7 @@ CASES = [
     LossConfig(policy_loss="cispo"),
     LossConfig(policy_loss="cispo", cispo_clip_low=0.5, cispo_clip_high=0.1),
     LossConfig(policy_loss="is"),
+    LossConfig(policy_loss="nll"),
 ]
 AGGREGATIONS = ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"]
 
@@ -299,7 +300,7 @@ def test_loss_config__validates_names_and_ranges():
     ):
         with pytest.raises(ValueError):
             LossConfig(**bad)
-    assert POLICY_LOSSES.names() == ("cispo", "is", "ppo")
+    assert POLICY_LOSSES.names() == ("cispo", "is", "nll", "ppo")
     assert IS_CORRECTIONS.names() == ("none", "sequence", "token")
 
 

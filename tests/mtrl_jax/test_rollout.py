@@ -91,11 +91,21 @@ class FakeSampler:
         self.contexts: dict[str, list[int]] = {}
         self.calls: list[tuple[str, list[int], list[int], list[float]]] = []
         self.ended: set[str] = set()
+        self.request_ids: set[int] = set()  # unique within a round: distinct noise per call
 
     async def generate(
-        self, session_id, new_tokens, *, max_new_tokens=None, stop_token_ids=(), stop_strings=()
+        self,
+        session_id,
+        new_tokens,
+        *,
+        max_new_tokens=None,
+        stop_token_ids=(),
+        stop_strings=(),
+        request_id=None,
     ):
         assert session_id not in self.ended
+        assert request_id is not None and request_id not in self.request_ids
+        self.request_ids.add(request_id)
         context = self.contexts.setdefault(session_id, [])
         if self.one_turn_only and context:  # as the real engine: nothing sampled, no change
             return FakeResult([], [], [], VERSION, "context_full")
