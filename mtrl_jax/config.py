@@ -713,6 +713,8 @@ class SFTConfig:
             recorded episodes from ``trajectories``.
         trajectories: JSONL file of trajectory records (required with ``trajectories``,
             not allowed otherwise).
+        seq_len: row length of the SFT batches (None: ``packing.seq_len``). Demonstrations
+            have similar lengths; a row just longer than one of them wastes no slots.
     """
 
     steps: int = 0
@@ -721,8 +723,11 @@ class SFTConfig:
     demo_tasks: int | None = None
     demo_source: Literal["oracle", "trajectories"] = "oracle"
     trajectories: str | None = None
+    seq_len: int | None = None
 
     def __post_init__(self) -> None:
+        if self.seq_len is not None and self.seq_len < 2:
+            raise ValueError(f"seq_len must be >= 2 or null, got {self.seq_len}")
         if self.steps < 0 or self.batch_size < 1:
             raise ValueError("need steps >= 0 and batch_size >= 1")
         if not self.learning_rate > 0:

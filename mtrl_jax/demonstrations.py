@@ -1,0 +1,122 @@
+"""Demonstrations for supervised warm starts: scripted (oracle) episodes as trajectory records.
+
+:func:`oracle_records` plays an environment's scripted policy (``TextEnv.oracle_policy``) and
+records each episode exactly as a rollout would: the chat template renders the environment's
+messages (loss mask 0), and each scripted assistant message is encoded once and followed by the
+end-of-turn token (loss mask 1), through the same
+:class:`~mtrl_jax.rollout.sequence.EpisodeSequence` the rollout uses. Supervised training on
+these records therefore teaches the model the very token layout it will be sampled in; nothing
+about the layout is specific to demonstrations.
+
+Demonstration tokens were not sampled, so their log-probs are 0 and their policy version is -1
+(the learner's ``nll`` objective ignores both). Records of evaluation-only environments are
+refused (:func:`mtrl_gym.ensure_trainable`): benchmark data never becomes training data.
+
+Non-goals: demonstrations from people or other models (record them as trajectories and use
+``read_trajectories``), filtering by quality (the oracle solves every task; this is checked).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import gymnasium as gym
+
+from mtrl_gym import ensure_trainable
+from mtrl_jax.rollout.sequence import ChatTokenizer, EpisodeSequence
+from mtrl_jax.sampler.config import SampleResult
+from mtrl_jax.trajectory import TrajectoryRecord
+
+
+def _scripted_turn(tokenizer: ChatTokenizer, text: str, stop_token_id: int) -> SampleResult:
+    """The scripted text as if sampled: its encoding plus the end-of-turn token."""
+    ids = [int(t) for t in tokenizer.encode(text, add_special_tokens=False)] + [stop_token_id]
+    zeros = [0.0] * len(ids)
+    return SampleResult(tokens=ids, logprobs=zeros, model_logprobs=zeros, policy_version=-1)
+
+
+def oracle_records(
+    make_env: Callable[[], gym.Env],
+    tasks: Iterable[dict[str, Any]],
+    tokenizer: ChatTokenizer,
+    *,
+    stop_token_id: int,
+    max_steps: int = 64,
+    seed: int = 0,
+) -> list[TrajectoryRecord]:
+    """Plays the environment's oracle on each task and records the episodes.
+
+    Args:
+        make_env: Zero-argument environment factory (``gym.make`` partial).
+        tasks: Reset options per task, e.g. ``{"task_index": 3}``.
+        tokenizer: The model's tokenizer (chat template, ``encode``).
+        stop_token_id: The end-of-turn token appended to each scripted message (the sampler's
+            stop token, e.g. ``<|im_end|>``).
+        max_steps: Safety bound on turns per episode.
+        seed: Reset seed of every episode (environments are deterministic given the task).
+
+    Returns:
+        One record per task, with ``reward``, ``eval`` and ``status`` from the environment.
+
+    Raises:
+        EvalOnlyError: the environment is evaluation-only.
+        ValueError: the environment has no oracle, or the oracle failed a task (a bug in the
+            environment: demonstrations must be correct).
+    """
+    env = make_env()
+    try:
+        ensure_trainable(env)
+        records = []
+        for options in tasks:
+            records.append(_play(env, dict(options), tokenizer, stop_token_id, max_steps, seed))
+    finally:
+        env.close()
+    return records
+
+
+def _play(
+    env: gym.Env,
+    options: dict[str, Any],
+    tokenizer: ChatTokenizer,
+    stop_token_id: int,
+    max_steps: int,
+    seed: int,
+) -> TrajectoryRecord:
+    observation, info = env.reset(seed=seed, options=options)
+    task_id = info.get("task_id")
+    policy = env.unwrapped.oracle_policy()  # type: ignore[attr-defined]
+    if policy is None:
+        raise ValueError(f"{env.spec.id if env.spec else env} has no oracle policy")
+    seq = EpisodeSequence(tokenizer, stop_token_ids=[stop_token_id], tools=info.get("tools"))
+    tool_calls: list[dict[str, Any]] = []
+    reward, done, steps = 0.0, False, 0
+    while not done:
+        if steps == max_steps:
+            raise ValueError(f"oracle exceeded {max_steps} turns on {task_id}")
+        seq.add_messages(info.get("messages", []))
+        text = seq.add_sample(_scripted_turn(tokenizer, policy(observation, info), stop_token_id))
+        observation, reward, terminated, truncated, info = env.step(text)
+        tool_calls += info.get("tool_calls", [])
+        done, steps = terminated or truncated, steps + 1
+    evaluation = info.get("eval") or {}
+    if not evaluation.get("success", reward > 0):
+        raise ValueError(f"the oracle failed task {task_id}: {evaluation}")
+    arrays = seq.arrays()
+    return TrajectoryRecord(
+        task_id=task_id,
+        group_id=f"demo:{task_id}",
+        messages=[*seq.messages, *(dict(m) for m in info.get("messages", []))],
+        reward=float(reward),
+        eval=evaluation,
+        status=str(info.get("status", "ok")),
+        final_answer=info.get("final_answer"),
+        tool_calls=tool_calls,
+        **arrays,
+    )
+
+
+def split_tasks(num_tasks: int, count: int | None) -> Sequence[dict[str, Any]]:
+    """Reset options of the first ``count`` tasks (all when None) of a split."""
+    n = num_tasks if count is None else min(count, num_tasks)
+    return [{"task_index": i} for i in range(n)]

@@ -1,0 +1,577 @@
+"""The RL trainer: rollouts, group advantages, updates, checkpoints, tracking and evaluation.
+
+One :class:`Trainer` runs one :class:`~mtrl_jax.config.RunConfig`:
+
+1. **Setup.** The model comes from ``model.path`` (an HF folder) or, when None, the default tiny
+   model is built into ``<run>/base_model``. The train and evaluation splits become environment
+   factories (:mod:`mtrl_jax.tasks`); evaluation-only environments are refused for training
+   before anything runs (:func:`mtrl_gym.ensure_trainable`).
+2. **Warm start** (``sft.steps > 0``): behaviour cloning on oracle demonstrations or recorded
+   trajectories (:mod:`mtrl_jax.sft`); RL then starts from those weights with a fresh optimiser.
+3. **RL steps.** Each step plays ``env.tasks_per_step`` tasks ``rollout.group_size`` times,
+   computes group advantages (infrastructure failures excluded, never scored 0), packs the
+   trajectories and applies one update. The sampler gets a copy of the new weights and the
+   policy version goes up by one.
+4. **Sync or async** (``async.mode``). Sync: rollout, then update, one after the other. Async:
+   a producer thread keeps up to ``async.queue_size`` rounds ahead of the learner while the
+   learner trains, so generation and training overlap. Every token carries the version that
+   sampled it; a round's staleness is ``version_now - oldest version in it``. With
+   ``staleness_policy: pause`` the producer does not start round ``r`` before the learner has
+   made ``r - max_staleness`` updates, so the bound holds by construction; with ``drop`` the
+   producer runs freely and the learner drops trajectories older than the bound (counted).
+   Old log-probs are recomputed with the learner's current weights before each async update,
+   so the loss's IS correction (``train.loss.is_correction``) weighs ``pi_old / mu`` with the
+   behaviour log-probs ``mu`` of the sampler.
+5. **Checkpoints** (orbax, :mod:`mtrl_jax.checkpoint`) hold the train state and, as JSON, the
+   step, policy version, task-stream position, sampling key, evaluation history and the
+   tracking run id. A run restarted with the same config resumes from the newest intact one.
+   Sync runs are exactly reproducible across a resume on CPU: every random choice is a function
+   of ``(seed, step)`` (task order, reset seeds, sampling keys, per-call noise streams).
+6. **Tracking** (MLflow): the flattened config as params; per step ``rollout/*``,
+   ``advantage/*``, ``loss/*``, ``policy/*``, ``is/*``, ``optim/*``, ``packing/*``,
+   ``staleness/*``, ``perf/*`` and the token accounting ``tokens/*`` (this step) and
+   ``tokens_total/*`` (cumulative); traces of ``tracking.log_episodes`` episodes per step;
+   the step's trajectories as a JSONL artifact.
+7. **Evaluation watch**: before training, every ``eval.every`` steps and at the end, the
+   held-out split is played with the evaluation's own sampler settings and scored by the
+   external evaluator (``eval/*``). When the training reward rose over the last
+   ``eval.hack_window`` evaluations while the held-out success did not, the trainer warns:
+   that is how a reward the policy can satisfy without doing the task shows.
+
+Non-goals: several update epochs per round (one update per round keeps the loop simple and
+on-policy in sync mode), multi-environment mixtures, reward models.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import queue
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from mtrl_gym import ensure_trainable
+from mtrl_jax.checkpoint import Checkpointer, key_from_json, key_to_json
+from mtrl_jax.config import RunConfig, flatten, to_dict
+from mtrl_jax.eval_job import EvalSettings, Evaluator, full_state
+from mtrl_jax.evaluation import summarize
+from mtrl_jax.packing import pack_trajectories
+from mtrl_jax.rollout.engine import RolloutBatch, RolloutEngine
+from mtrl_jax.sampler.engine import SamplingEngine
+from mtrl_jax.tasks import TaskStream, count_tasks, env_factory
+from mtrl_jax.tracking import Tracker, make_tracker
+from mtrl_jax.train_step import init_train_state, make_logprob_fn, make_train_step
+from mtrl_jax.trajectory import TrajectoryRecord
+from mtrl_jax.types import Trajectory
+
+log = logging.getLogger(__name__)
+
+# Metrics that depend on wall-clock time; everything else is reproducible across a resume.
+TIMING_PREFIXES = ("perf/", "rollout/episode_s", "rollout/sample_s")
+
+
+class RewardHackingWarning(UserWarning):
+    """Training reward rose while the held-out evaluation did not."""
+
+
+@dataclasses.dataclass
+class _Round:
+    """One round of rollouts handed from the producer to the learner."""
+
+    step: int
+    batch: RolloutBatch
+    rollout_s: float
+
+
+def _staleness(trajectories: list[Trajectory], version: int) -> np.ndarray:
+    """Versions behind ``version`` of each trajectory's oldest sampled token."""
+    out = []
+    for t in trajectories:
+        sampled = t.policy_version[np.asarray(t.loss_mask) > 0]
+        out.append(version - int(sampled.min()) if sampled.size else 0)
+    return np.asarray(out, np.int64)
+
+
+def _token_metrics(records: list[TrajectoryRecord]) -> dict[str, float]:
+    """This round's token accounting: prefilled prompt/env tokens, generated tokens."""
+    total = sum(len(r.tokens) for r in records)
+    generated = sum(int(r.loss_mask.sum()) for r in records)
+    return {"tokens/prefilled": float(total - generated), "tokens/generated": float(generated)}
+
+
+def _summary_metrics(summary: dict[str, Any], prefix: str) -> dict[str, float]:
+    """Scalar fields of ``evaluation.summarize`` as ``prefix/*`` metrics (None left out)."""
+    out: dict[str, float] = {}
+    for key in (
+        "success_rate",
+        "reward_mean",
+        "turns_mean",
+        "tool_calls_mean",
+        "tool_error_rate",
+        "format_error_rate",
+        "truncation_rate",
+        "infra_failures",
+    ):
+        value = summary.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[f"{prefix}/{key}"] = float(value)
+    for k, entry in (summary.get("pass_at_k") or {}).items():
+        if entry.get("value") is not None:
+            out[f"{prefix}/pass_at_{k}"] = float(entry["value"])
+    tokens = summary.get("tokens") or {}
+    for key in ("sampled_mean", "total"):
+        if isinstance(tokens.get(key), (int, float)):
+            out[f"{prefix}/tokens_{key}"] = float(tokens[key])
+    return out
+
+
+class Trainer:
+    """Runs one configuration end to end (see the module docstring).
+
+    Args:
+        cfg: The resolved run configuration.
+        tracker: Overrides the tracker built from ``cfg.tracking`` (tests).
+        progress: Show a progress bar on stderr.
+    """
+
+    def __init__(self, cfg: RunConfig, *, tracker: Tracker | None = None, progress: bool = True):
+        from mtrl_jax.models import load_pretrained, load_tokenizer  # heavy imports, lazily
+
+        self.cfg = cfg
+        self.run_dir = cfg.run_dir
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.progress = progress
+        self.make_train_env = env_factory(
+            cfg.env.id, split=cfg.env.train_split, kwargs=cfg.env.kwargs
+        )
+        eval_split = cfg.eval.split if cfg.eval.split is not None else cfg.env.eval_split
+        self.make_eval_env = env_factory(cfg.env.id, split=eval_split, kwargs=cfg.env.kwargs)
+        probe = self.make_train_env()
+        try:
+            ensure_trainable(probe)  # SOP-Bench and other evaluation-only data never train
+        finally:
+            probe.close()
+
+        self.model_path = self._model_path()
+        self.tokenizer = load_tokenizer(self.model_path)
+        model = load_pretrained(self.model_path, dtype=cfg.model.dtype)
+        self.eos_token_id = int(model.config.eos_token_id)
+        self.graphdef, self.state = init_train_state(model, cfg.train)
+        self.train_step = make_train_step(self.graphdef, cfg.train)
+        self.logprob_fn = make_logprob_fn(self.graphdef, cfg.train.chunk_size)
+        self.version = 0
+        self.step = 0
+        self.tasks = TaskStream(count_tasks(self.make_train_env), seed=cfg.seed)
+        self.sample_key = jax.random.key(cfg.seed)
+        self.history: list[
+            dict[str, float]
+        ] = []  # per evaluation: step, train reward, eval success
+        self.totals: dict[str, float] = {}  # cumulative token accounting
+        self.last_metrics: dict[str, float] = {}  # the latest RL step's metrics
+        self.train_reward = float("nan")  # the latest RL step's mean reward (for the watch)
+        self.sampler = SamplingEngine(
+            self._sampler_model(),  # its own copy: the train step donates the state's buffers
+            num_slots=cfg.engine.num_slots,
+            max_len=cfg.engine.max_len,
+            tokenizer=self.tokenizer,
+            config=cfg.sampler,
+            key=self.sample_key,
+            decode_steps_per_call=cfg.engine.decode_steps_per_call,
+        )
+        self.rollout = RolloutEngine(self.sampler, self.tokenizer, self.make_train_env, cfg.rollout)
+        self._evaluator: Evaluator | None = None
+        self.checkpointer = Checkpointer(
+            Path(cfg.checkpoint.dir) if cfg.checkpoint.dir else self.run_dir / "checkpoints",
+            keep=cfg.checkpoint.keep,
+        )
+        resumed = self._restore()
+        self.tracker = tracker if tracker is not None else self._make_tracker(resumed)
+        self.tracker.log_params(flatten(cfg))
+        self.resumed = resumed is not None
+
+    # ------------------------------------------------------------------------------ setup
+
+    def _model_path(self) -> Path:
+        if self.cfg.model.path is not None:
+            return Path(self.cfg.model.path)
+        from mtrl_jax.models.make_default import build_default
+
+        path = self.run_dir / "base_model"
+        if not (path / "config.json").exists():
+            build_default(path, seed=self.cfg.model.seed)
+        return path
+
+    def _make_tracker(self, resumed: dict[str, Any] | None) -> Tracker:
+        t = self.cfg.tracking
+        return make_tracker(
+            t.enabled,
+            tracking_uri=t.tracking_uri,
+            experiment=t.experiment,
+            run_name=t.run_name or self.cfg.name,
+            run_dir=self.run_dir,
+            resume_run_id=(resumed or {}).get("tracking_run_id"),
+            log_episodes=t.log_episodes > 0,
+            log_trajectories=t.log_trajectories,
+        )
+
+    def _restore(self) -> dict[str, Any] | None:
+        """Resumes from the newest intact checkpoint, if any (a corrupt one is skipped)."""
+        found = self.checkpointer.restore_latest(self.state)
+        if found is None:
+            return None
+        self.state, meta, step = found
+        self.step = int(meta["step"])
+        self.version = int(meta["policy_version"])
+        self.tasks.position = int(meta["task_position"])
+        self.sample_key = key_from_json(meta["sample_key"])
+        self.history = list(meta.get("history", []))
+        self.totals = dict(meta.get("totals", {}))
+        self.train_reward = float(meta.get("train_reward", float("nan")))
+        self.sampler.set_params(self._sampler_model(), self.version)
+        log.info("resumed from checkpoint step %d (policy version %d)", step, self.version)
+        return meta
+
+    def _sampler_model(self) -> nnx.Module:
+        return full_state(self.graphdef, self.state.params, self.state.rest)
+
+    @property
+    def evaluator(self) -> Evaluator:
+        """The held-out evaluation player (built on first use)."""
+        if self._evaluator is None:
+            e, c = self.cfg.eval, self.cfg
+            settings = EvalSettings(
+                max_tasks=e.max_tasks,
+                samples_per_task=e.samples_per_task,
+                temperature=e.temperature,
+                pass_k=e.pass_k,
+                max_new_tokens=c.rollout.max_new_tokens,
+                num_slots=c.engine.num_slots,
+                max_len=c.engine.max_len,
+                decode_steps_per_call=c.engine.decode_steps_per_call,
+                seed=c.seed,
+            )
+            self._evaluator = Evaluator(
+                self.make_eval_env,
+                count_tasks(self.make_eval_env),
+                self.tokenizer,
+                self._sampler_model(),
+                settings,
+                stop_token_ids=self.rollout.stop_token_ids,
+            )
+        return self._evaluator
+
+    # -------------------------------------------------------------------------- warm start
+
+    def warm_start(self) -> list[dict[str, float]]:
+        """Supervised warm start (``sft`` section); returns its per-step metrics."""
+        from mtrl_jax.demonstrations import oracle_records
+        from mtrl_jax.sft import run_sft
+        from mtrl_jax.trajectory import read_trajectories
+
+        s = self.cfg.sft
+        if s.demo_source == "oracle":
+            n = count_tasks(self.make_train_env)
+            count = n if s.demo_tasks is None or n is None else min(s.demo_tasks, n)
+            if count is None:
+                raise ValueError("oracle demonstrations need an environment that lists its tasks")
+            tasks = [{"task_index": i} for i in range(count)]
+            records = oracle_records(
+                self.make_train_env, tasks, self.tokenizer, stop_token_id=self.eos_token_id
+            )
+        else:
+            assert s.trajectories is not None  # checked by the config
+            records = [r for r in read_trajectories(s.trajectories) if r.status == "ok"]
+        model = nnx.merge(self.graphdef, self.state.params, self.state.rest)
+        bar = self._bar(s.steps, "sft")
+
+        def on_step(step: int, metrics: dict[str, float]) -> None:
+            self.tracker.log_metrics(metrics, step=step)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{metrics['sft/loss']:.3f}")
+
+        _, sft_state, history = run_sft(
+            model,
+            records,
+            steps=s.steps,
+            batch_size=s.batch_size,
+            learning_rate=s.learning_rate,
+            packing=dataclasses.replace(
+                self.cfg.packing,
+                seq_len=s.seq_len or self.cfg.packing.seq_len,
+                row_buckets=None,
+                overlong="truncate",
+            ),
+            seed=self.cfg.seed,
+            on_step=on_step,
+        )
+        if bar is not None:
+            bar.close()
+        # RL starts from the warm-started weights with a fresh optimiser state.
+        _, self.state = init_train_state(
+            nnx.merge(self.graphdef, sft_state.params, sft_state.rest), self.cfg.train
+        )
+        self.sampler.set_params(self._sampler_model(), self.version)
+        return history
+
+    # ------------------------------------------------------------------------------- loop
+
+    def run(self) -> dict[str, Any]:
+        """Warm start (unless resumed), evaluation, RL steps, final evaluation and checkpoint.
+
+        Returns:
+            ``{"before": eval summary or None, "after": eval summary, "steps": int,
+            "history": [...], "run_dir": str}``.
+        """
+        cfg = self.cfg
+        before = None
+        try:
+            if not self.resumed:
+                if cfg.sft.steps > 0:
+                    self.warm_start()
+                before = self.evaluate()
+            if cfg.async_.mode == "sync":
+                self._run_sync()
+            else:
+                self._run_async()
+            after = self.evaluate() if self.step > 0 or before is None else before
+            self.save()
+        except BaseException:
+            self.tracker.close("FAILED")
+            raise
+        self.tracker.close("FINISHED")
+        return {
+            "before": before,
+            "after": after,
+            "steps": self.step,
+            "history": self.history,
+            "run_dir": str(self.run_dir),
+        }
+
+    def _bar(self, total: int, desc: str) -> Any:
+        if not self.progress or total <= 0:
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, desc=desc, dynamic_ncols=True, leave=False)
+
+    def _collect(self, step: int) -> _Round:
+        """Plays round ``step`` (its tasks, keys and seeds are functions of the step)."""
+        start = time.perf_counter()
+        tasks = self.tasks.take(self.cfg.env.tasks_per_step)
+        self.sampler.set_key(jax.random.fold_in(self.sample_key, step))
+        batch = asyncio.run(self.rollout.collect(tasks, step=step))
+        return _Round(step, batch, time.perf_counter() - start)
+
+    def _run_sync(self) -> None:
+        bar = self._bar(self.cfg.steps - self.step, "rl")
+        while self.step < self.cfg.steps:
+            self._learn(self._collect(self.step), recompute_old=False)
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+
+    def _run_async(self) -> None:
+        a = self.cfg.async_
+        rounds: queue.Queue[_Round | BaseException] = queue.Queue(maxsize=a.queue_size)
+        stop = threading.Event()
+        progress = threading.Condition()
+        produced = self.step
+
+        def producer() -> None:
+            r = produced
+            try:
+                while not stop.is_set():
+                    if a.staleness_policy == "pause":
+                        with progress:  # round r may start once the learner is close enough
+                            progress.wait_for(
+                                lambda r=r: stop.is_set() or self.version >= r - a.max_staleness
+                            )
+                    if stop.is_set():
+                        return
+                    item = self._collect(r)
+                    while not stop.is_set():
+                        with contextlib.suppress(queue.Full):
+                            rounds.put(item, timeout=0.1)
+                            break
+                    r += 1
+            except BaseException as error:  # surfaced in the learner thread
+                rounds.put(error)
+
+        thread = threading.Thread(target=producer, name="mtrl-rollout", daemon=True)
+        thread.start()
+        bar = self._bar(self.cfg.steps - self.step, "rl")
+        try:
+            while self.step < self.cfg.steps:
+                wait = time.perf_counter()
+                item = rounds.get()
+                if isinstance(item, BaseException):
+                    raise item
+                self._learn(item, recompute_old=True, wait_s=time.perf_counter() - wait)
+                if bar is not None:
+                    bar.update(1)
+                with progress:
+                    progress.notify_all()
+        finally:
+            stop.set()
+            with progress:
+                progress.notify_all()
+            thread.join(timeout=600)
+            if bar is not None:
+                bar.close()
+
+    def _learn(self, rnd: _Round, *, recompute_old: bool, wait_s: float = 0.0) -> bool:
+        """One update from a round; returns False when nothing was left to train on."""
+        cfg, start = self.cfg, time.perf_counter()
+        batch = rnd.batch
+        trajectories = batch.trajectories
+        staleness = _staleness(trajectories, self.version)
+        dropped = 0
+        if cfg.async_.mode == "async" and cfg.async_.staleness_policy == "drop":
+            keep = staleness <= cfg.async_.max_staleness
+            dropped = int((~keep).sum())
+            trajectories = [t for t, k in zip(trajectories, keep, strict=True) if k]
+            staleness = staleness[keep]
+        metrics: dict[str, float] = dict(batch.metrics)
+        metrics |= _token_metrics(batch.records)
+        metrics |= _summary_metrics(
+            summarize(batch.records, ks=sorted({1, cfg.rollout.group_size})), "rollout"
+        )
+        metrics |= self._staleness_metrics(staleness, dropped)
+        if not trajectories:
+            metrics["optim/skipped_empty"] = 1.0
+            self._log_step(metrics, batch.records)
+            self.step += 1
+            return True
+        packed, info = pack_trajectories(trajectories, cfg.packing)
+        packed = jax.tree.map(jnp.asarray, packed)
+        if recompute_old:  # pi_old is the learner's current policy; mu stays the sampler's
+            packed = packed.replace(
+                old_logp=self.logprob_fn(self.state.params, self.state.rest, packed)
+            )
+        self.state, raw = self.train_step(self.state, packed)
+        metrics |= {k: float(v) for k, v in jax.device_get(raw).items()}
+        metrics |= {k: float(v) for k, v in info.metrics.items()}
+        self.version += 1
+        self.sampler.set_params(self._sampler_model(), self.version)
+        train_s = time.perf_counter() - start
+        metrics["tokens/trained"] = metrics.get("tokens/real", 0.0)
+        metrics |= {
+            "perf/rollout_s": rnd.rollout_s,
+            "perf/train_s": train_s,
+            "perf/wait_s": wait_s,
+            "perf/tokens_per_s": metrics["tokens/generated"] / max(rnd.rollout_s, 1e-9),
+            "perf/train_tokens_per_s": metrics["tokens/trained"] / max(train_s, 1e-9),
+        }
+        self._log_step(metrics, batch.records)
+        self.step += 1
+        if cfg.eval.every and self.step % cfg.eval.every == 0 and self.step < cfg.steps:
+            self.evaluate()
+        if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0:
+            self.save()
+        return True
+
+    def _staleness_metrics(self, staleness: np.ndarray, dropped: int) -> dict[str, float]:
+        out = {
+            "staleness/mean": float(staleness.mean()) if staleness.size else 0.0,
+            "staleness/max": float(staleness.max()) if staleness.size else 0.0,
+            "staleness/dropped": float(dropped),
+        }
+        for v in range(self.cfg.async_.max_staleness + 1):  # the histogram, one metric a bin
+            out[f"staleness/hist_{v}"] = float((staleness == v).sum())
+        return out
+
+    def _log_step(self, metrics: dict[str, float], records: list[TrajectoryRecord]) -> None:
+        for key in ("prefilled", "generated", "trained"):
+            name = f"tokens/{key}"
+            self.totals[name] = self.totals.get(name, 0.0) + metrics.get(name, 0.0)
+            metrics[f"tokens_total/{key}"] = self.totals[name]
+        self.last_metrics = metrics
+        self.tracker.log_metrics(metrics, step=self.step)
+        n = self.cfg.tracking.log_episodes
+        if n:
+            self.tracker.log_episodes(records[:n], step=self.step)
+        self.tracker.log_trajectories(records, step=self.step)
+        self.train_reward = metrics.get("rollout/return_mean", float("nan"))
+
+    # ------------------------------------------------------------------ evaluation, saving
+
+    def evaluate(self) -> dict[str, Any]:
+        """Plays the held-out split with the current weights; logs ``eval/*``; watches hacking."""
+        summary, records = self.evaluator.run(self._sampler_model(), version=self.version)
+        metrics = _summary_metrics(summary, "eval")
+        self.tracker.log_metrics(metrics, step=self.step)
+        self.tracker.log_episodes(
+            records[: self.cfg.tracking.log_episodes], step=self.step, tag="eval"
+        )
+        self.history.append(
+            {
+                "step": float(self.step),
+                "train_reward": float(self.train_reward),
+                "eval_success": float(summary.get("success_rate") or 0.0),
+            }
+        )
+        self._watch()
+        return summary
+
+    def _watch(self) -> None:
+        """Warns when the training reward rose over the window and the evaluation did not."""
+        window = [h for h in self.history if np.isfinite(h["train_reward"])]
+        window = window[-self.cfg.eval.hack_window :]
+        if len(window) < self.cfg.eval.hack_window:
+            return
+        rewards = [h["train_reward"] for h in window]
+        evals = [h["eval_success"] for h in window]
+        rising = all(b > a for a, b in zip(rewards, rewards[1:], strict=False))
+        flat = evals[-1] <= evals[0]
+        self.tracker.log_metrics(
+            {"watch/reward_without_eval": float(rising and flat)}, step=self.step
+        )
+        if rising and flat:
+            warnings.warn(
+                f"training reward rose {rewards[0]:.3f} -> {rewards[-1]:.3f} over the last "
+                f"{len(window)} evaluations while held-out success went {evals[0]:.3f} -> "
+                f"{evals[-1]:.3f}: the policy may be exploiting the reward",
+                RewardHackingWarning,
+                stacklevel=2,
+            )
+
+    def save(self) -> Path:
+        """Writes a checkpoint of the full state at the current step."""
+        meta = {
+            "step": self.step,
+            "policy_version": self.version,
+            "task_position": self.tasks.position,
+            "sample_key": key_to_json(self.sample_key),
+            "history": self.history,
+            "totals": self.totals,
+            "train_reward": self.train_reward,
+            "tracking_run_id": self.tracker.run_id,
+            "config": to_dict(self.cfg),
+        }
+        return self.checkpointer.save(self.step, self.state, meta, overwrite=True)
+
+    def export(self, out: str | Path) -> Path:
+        """Writes the current weights and tokenizer as an HF folder (transformers loads it)."""
+        from mtrl_jax.models import save_pretrained
+
+        out = Path(out)
+        save_pretrained(nnx.merge(self.graphdef, self.state.params, self.state.rest), out)
+        self.tokenizer.save_pretrained(str(out))
+        return out
+
+
+def run(cfg: RunConfig, **kwargs: Any) -> dict[str, Any]:
+    """Builds a :class:`Trainer` and runs it."""
+    return Trainer(cfg, **kwargs).run()
