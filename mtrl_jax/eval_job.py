@@ -14,7 +14,6 @@ CLI does it), comparing runs.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -25,7 +24,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mtrl_jax.evaluation import summarize
-from mtrl_jax.rollout.engine import RolloutConfig, RolloutEngine
+from mtrl_jax.rollout.engine import RolloutConfig, RolloutEngine, run_blocking
 from mtrl_jax.sampler.config import SamplerConfig
 from mtrl_jax.sampler.engine import SamplingEngine
 from mtrl_jax.trajectory import TrajectoryRecord
@@ -116,7 +115,7 @@ class Evaluator:
         """Plays every task with the given weights (a decoder or its full ``nnx.State``)."""
         self.engine.set_params(params_state, version)
         self.engine.set_key(self._key)  # same weights, same noise: evaluations are comparable
-        batch = asyncio.run(self.rollout.collect(self.tasks, step=0, evaluation=True))
+        batch = run_blocking(self.rollout.collect(self.tasks, step=0, evaluation=True))
         return batch.records
 
     def run(

@@ -44,7 +44,6 @@ on-policy in sync mode), multi-environment mixtures, reward models.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import logging
@@ -66,7 +65,7 @@ from mtrl_jax.config import RunConfig, flatten, to_dict
 from mtrl_jax.eval_job import EvalSettings, Evaluator, full_state
 from mtrl_jax.evaluation import summarize
 from mtrl_jax.packing import pack_trajectories
-from mtrl_jax.rollout.engine import RolloutBatch, RolloutEngine
+from mtrl_jax.rollout.engine import RolloutBatch, RolloutEngine, run_blocking
 from mtrl_jax.sampler.engine import SamplingEngine
 from mtrl_jax.tasks import TaskStream, count_tasks, env_factory
 from mtrl_jax.tracking import Tracker, make_tracker
@@ -370,7 +369,7 @@ class Trainer:
         start = time.perf_counter()
         tasks = self.tasks.take(self.cfg.env.tasks_per_step)
         self.sampler.set_key(jax.random.fold_in(self.sample_key, step))
-        batch = asyncio.run(self.rollout.collect(tasks, step=step))
+        batch = run_blocking(self.rollout.collect(tasks, step=step))
         return _Round(step, batch, time.perf_counter() - start)
 
     def _run_sync(self) -> None:

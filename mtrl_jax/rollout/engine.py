@@ -35,8 +35,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from typing import Any, Protocol, TypeVar
 
 import gymnasium as gym
 import numpy as np
@@ -52,6 +52,25 @@ from mtrl_jax.rollout.metrics import EXCLUDED_STATUSES, rollout_metrics
 from mtrl_jax.rollout.sequence import ChatTokenizer, EpisodeSequence, SampleLike
 from mtrl_jax.trajectory import SampleWeighting, TrajectoryRecord
 from mtrl_jax.types import Trajectory
+
+T = TypeVar("T")
+
+
+def run_blocking(coro: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run(coro)`` that does not hand the result back through the main task.
+
+    On the main thread, ``asyncio.run`` (Python 3.11) restores the SIGINT handler at exit, and
+    ``signal.signal`` builds ``repr()`` of the old handler, a partial holding the main task,
+    whose repr includes the task's *result*: for a round of trajectory records that is a
+    multi-second numpy printout. The result is therefore passed out of band.
+    """
+    box: list[T] = []
+
+    async def main() -> None:
+        box.append(await coro)
+
+    asyncio.run(main())
+    return box[0]
 
 
 class _ContextFull(Exception):
@@ -160,7 +179,7 @@ class RolloutEngine:
         self, tasks: Sequence[Mapping[str, Any]], *, step: int = 0, evaluation: bool = False
     ) -> RolloutBatch:
         """Blocking :meth:`collect` for scripts without an event loop."""
-        return asyncio.run(self.collect(tasks, step=step, evaluation=evaluation))
+        return run_blocking(self.collect(tasks, step=step, evaluation=evaluation))
 
     async def collect(
         self, tasks: Sequence[Mapping[str, Any]], *, step: int = 0, evaluation: bool = False
