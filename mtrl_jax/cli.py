@@ -1,16 +1,43 @@
 """The ``mtrl`` command: one entry point for the project's jobs.
 
-Subcommands available now: ``envs`` (list environments), ``play`` (play the oracle or a random
-agent on an environment) and ``sop-bench`` (evaluate on SOP-Bench, evaluation only). Training,
-SFT, evaluation of models and export join as the learner lands. Each subcommand imports what it
-needs when it runs, so ``mtrl envs`` works without the JAX stack installed.
+Subcommands::
+
+    mtrl envs                                   list the registered environments
+    mtrl play ID [--agent oracle] ...           play the oracle or a random agent
+    mtrl sop-bench --data DIR --agent ...       SOP-Bench with a scripted agent (evaluation only)
+    mtrl train [CONFIG] [key=value ...] [--no-progress]
+    mtrl sft [CONFIG] [key=value ...] [--no-progress]
+    mtrl eval --model PATH --env ID [--split test] [--samples N] [--k K ...] [--temperature T]
+              [--max-tasks N] [--max-new-tokens N] [--out DIR] [--mlflow-uri URI --experiment E]
+    mtrl export RUN_DIR OUT
+
+``CONFIG`` is a shipped config name (``quickstart``, ``quickstart_ppo``, ...) or a YAML path;
+overrides are ``dotted.key=value`` (``mtrl_jax.config.load_config``). A model ``PATH`` is a
+Hugging Face folder (``config.json``) or a training run folder (``checkpoints/``), whose newest
+intact checkpoint is loaded onto the run's base model. ``--env sop-bench:DOMAIN_DIR`` evaluates
+a SOP-Bench domain (evaluation only; never trainable).
+
+Jobs that do work print their result as the last stdout line, in JSON. Bad input (an invalid
+config, a missing folder, an evaluation-only environment named for training) is reported on one
+stderr line with exit status 2. Each subcommand imports what it needs when it runs, so
+``mtrl envs`` works without the JAX stack installed.
+
+Non-goals: launching on clusters, hyper-parameter sweeps, comparing runs.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import shutil
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
+
+
+class UsageError(Exception):
+    """Bad input to a subcommand; reported as one line on stderr, exit status 2."""
 
 
 def _envs(argv: list[str]) -> Any:
@@ -31,11 +58,345 @@ def _sop_bench(argv: list[str]) -> Any:
     return main(argv)
 
 
+def _emit(result: dict[str, Any]) -> dict[str, Any]:
+    """Prints ``result`` as the final JSON line and returns it."""
+    print(json.dumps(result, sort_keys=False), flush=True)
+    return result
+
+
+# --- train / sft -------------------------------------------------------------------------------
+
+
+def _config_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    p.add_argument(
+        "args",
+        nargs="*",
+        metavar="[CONFIG] [key=value ...]",
+        help="shipped config name or YAML path (default: quickstart), then overrides",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def _load_run_config(args: Sequence[str]) -> Any:
+    """``[CONFIG] [key=value ...]`` -> validated ``RunConfig`` (ConfigError on bad input)."""
+    from mtrl_jax.config import ConfigError, load_config
+
+    rest = list(args)
+    source = rest.pop(0) if rest and "=" not in rest[0] else "quickstart"
+    stray = [a for a in rest if "=" not in a]
+    if stray:
+        raise ConfigError(f"expected key=value overrides after the config, got {stray[0]!r}")
+    return load_config(source, rest)
+
+
+def _success(summary: dict[str, Any] | None) -> float | None:
+    return None if summary is None else summary.get("success_rate")
+
+
+def _rate(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"  # None: every episode an infra failure
+
+
+def _train(argv: list[str]) -> dict[str, Any]:
+    args = _config_parser("mtrl train", "RL training of one run config").parse_args(argv)
+    cfg = _load_run_config(args.args)
+    from mtrl_jax.trainer import Trainer
+
+    out = Trainer(cfg, progress=not args.no_progress).run()
+    before, after = _success(out["before"]), _success(out["after"])
+    shown = "n/a (resumed)" if out["before"] is None else _rate(before)
+    print(f"held-out success before: {shown}  after: {_rate(after)}  ({out['steps']} steps)")
+    return _emit(
+        {"before": before, "after": after, "steps": out["steps"], "run_dir": out["run_dir"]}
+    )
+
+
+def _sft(argv: list[str]) -> dict[str, Any]:
+    args = _config_parser("mtrl sft", "supervised warm start only").parse_args(argv)
+    cfg = _load_run_config(args.args)
+    if cfg.sft.steps < 1:
+        raise UsageError("sft.steps is 0: nothing to do; set sft.steps=N (N >= 1)")
+    from mtrl_jax.trainer import Trainer
+
+    trainer = Trainer(cfg, progress=not args.no_progress)
+    try:
+        history = trainer.warm_start()
+        out = trainer.export(trainer.run_dir / "sft_model")
+    except BaseException:
+        trainer.tracker.close("FAILED")
+        raise
+    trainer.tracker.close("FINISHED")
+    loss = history[-1]["sft/loss"]
+    print(f"wrote the warm-started model to {out} (final loss {loss:.4f})")
+    return _emit({"model": str(out), "loss": loss, "steps": len(history)})
+
+
+# --- loading a model: HF folder or run folder --------------------------------------------------
+
+
+def _checkpoint_config(checkpointer: Any) -> Any:
+    """The ``RunConfig`` stored in the newest checkpoint whose meta reads back."""
+    import orbax.checkpoint as ocp
+
+    from mtrl_jax.config import RunConfig, from_dict
+
+    errors = []
+    for step in reversed(checkpointer.steps()):
+        reader = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+        try:  # meta only: the full restore below verifies every file and the meta checksum
+            meta = reader.restore(
+                checkpointer.step_dir(step), args=ocp.args.Composite(meta=ocp.args.JsonRestore())
+            )["meta"]
+            return from_dict(RunConfig, meta["config"])
+        except Exception as err:  # a corrupt newest checkpoint: try the previous one
+            errors.append(f"step {step}: {err}")
+        finally:
+            reader.close()
+    raise UsageError(f"{checkpointer.directory}: no checkpoint with a readable config {errors}")
+
+
+def load_model(path: str | Path) -> tuple[Any, Any, dict[str, Any]]:
+    """Loads a model for evaluation or export.
+
+    Args:
+        path: A Hugging Face folder (``config.json``), or a training run folder holding
+            ``checkpoints/``: its config comes from the checkpoint, the weights from its newest
+            intact checkpoint (a corrupt one is skipped with a warning), the architecture and
+            tokenizer from its base model (``<run>/base_model``, else the config's
+            ``model.path``).
+
+    Returns:
+        ``(decoder, tokenizer, info)``; ``info`` says what was loaded (for reports).
+
+    Raises:
+        UsageError: ``path`` is neither kind of folder, or it has no usable checkpoint.
+    """
+    from mtrl_jax.models import load_pretrained, load_tokenizer
+
+    path = Path(path)
+    if (path / "config.json").is_file():
+        info = {"model": str(path), "source": "hf", "base_model": str(path)}
+        return load_pretrained(path), load_tokenizer(path), info
+    if not (path / "checkpoints").is_dir():
+        raise UsageError(
+            f"{path}: neither a Hugging Face model folder (config.json) nor a run folder "
+            "(checkpoints/)"
+        )
+    from flax import nnx
+
+    from mtrl_jax.checkpoint import Checkpointer, CheckpointError
+    from mtrl_jax.train_step import init_train_state
+
+    checkpointer = Checkpointer(path / "checkpoints")
+    if not checkpointer.steps():
+        raise UsageError(f"{path / 'checkpoints'}: no complete checkpoint")
+    cfg = _checkpoint_config(checkpointer)
+    base = path / "base_model"
+    if not (base / "config.json").is_file():
+        if cfg.model.path is None:
+            raise UsageError(f"{path}: no base_model/ folder and the run's model.path is null")
+        base = Path(cfg.model.path)
+    model = load_pretrained(base, dtype=cfg.model.dtype)
+    graphdef, target = init_train_state(model, cfg.train)
+    try:
+        found = checkpointer.restore_latest(target)
+    except CheckpointError as err:
+        raise UsageError(str(err).splitlines()[0]) from err
+    assert found is not None  # steps() was not empty
+    state, meta, step = found
+    model = nnx.merge(graphdef, state.params, state.rest)
+    info = {
+        "model": str(path),
+        "source": "checkpoint",
+        "base_model": str(base),
+        "checkpoint_step": step,
+        "policy_version": meta.get("policy_version"),
+    }
+    return model, load_tokenizer(base), info
+
+
+# --- eval ---------------------------------------------------------------------------------------
+
+SOP_BENCH_PREFIX = "sop-bench:"
+
+
+def _eval_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mtrl eval", description="evaluate a model on an env split")
+    p.add_argument("--model", required=True, help="HF model folder or training run folder")
+    p.add_argument(
+        "--env",
+        required=True,
+        help=f"registered id, env server URL, or {SOP_BENCH_PREFIX}DOMAIN_DIR (evaluation only)",
+    )
+    p.add_argument("--split", default=None, help="task split (default: test; none for SOP-Bench)")
+    p.add_argument("--env-kwargs", default="{}", help="JSON of extra environment arguments")
+    p.add_argument("--samples", type=int, default=1, help="episodes per task (n of pass@k)")
+    p.add_argument("--k", type=int, action="append", default=None, help="pass@k (repeatable)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+    p.add_argument("--max-tasks", type=int, default=None, help="first N tasks (default: all)")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="tokens per assistant turn")
+    p.add_argument("--max-len", type=int, default=1024, help="longest episode context")
+    p.add_argument("--num-slots", type=int, default=16, help="concurrent sequences")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=None, help="report folder")
+    p.add_argument("--mlflow-uri", default=None, help="log metrics and the report to MLflow")
+    p.add_argument("--experiment", default="mtrl-eval", help="MLflow experiment")
+    return p
+
+
+def _eval_env(args: argparse.Namespace) -> tuple[Callable[[], Any], str | None]:
+    """The evaluation environment's factory and the split it plays."""
+    try:
+        kwargs = json.loads(args.env_kwargs)
+    except json.JSONDecodeError as err:
+        raise UsageError(f"--env-kwargs is not JSON: {err}") from err
+    if not isinstance(kwargs, dict):
+        raise UsageError(f"--env-kwargs must be a JSON object, got {args.env_kwargs!r}")
+    if args.env.startswith(SOP_BENCH_PREFIX):
+        import functools
+
+        from mtrl_envs.sop_bench import LICENCE_NOTICE, SopBenchEnv
+
+        domain = Path(args.env[len(SOP_BENCH_PREFIX) :])
+        if not domain.is_dir():
+            raise UsageError(f"{domain}: SOP-Bench domain folder not found")
+        print(f"NOTICE: {LICENCE_NOTICE}", file=sys.stderr)
+        return functools.partial(SopBenchEnv, domain, split=args.split, **kwargs), args.split
+    import gymnasium as gym
+
+    from mtrl_jax.tasks import env_factory
+
+    split = args.split if args.split is not None else "test"
+    try:
+        return env_factory(args.env, split=split, kwargs=kwargs), split
+    except gym.error.Error as err:
+        raise UsageError(f"--env {args.env}: {err}") from err
+
+
+def _scalars(summary: dict[str, Any]) -> dict[str, float]:
+    """The summary's numeric headline fields and pass@k as ``eval/*`` metrics."""
+    out = {
+        f"eval/{k}": float(v)
+        for k, v in summary.items()
+        if isinstance(v, int | float) and not isinstance(v, bool)
+    }
+    for k, entry in summary.get("pass_at_k", {}).items():
+        if entry.get("value") is not None:
+            out[f"eval/pass_at_{k}"] = float(entry["value"])
+    return out
+
+
+def _eval(argv: list[str]) -> dict[str, Any]:
+    args = _eval_parser().parse_args(argv)
+    ks = tuple(sorted(set(args.k or [1])))
+    if args.samples < 1 or min(ks) < 1 or max(ks) > args.samples:
+        raise UsageError(f"need --samples >= 1 and every --k in 1..{args.samples}, got {ks}")
+    make_env, split = _eval_env(args)
+    model, tokenizer, info = load_model(args.model)
+    from mtrl_jax.eval_job import EvalSettings, Evaluator
+    from mtrl_jax.evaluation import format_summary, write_report
+    from mtrl_jax.tasks import count_tasks
+
+    settings = EvalSettings(
+        max_tasks=args.max_tasks,
+        samples_per_task=args.samples,
+        temperature=args.temperature,
+        pass_k=ks,
+        max_new_tokens=args.max_new_tokens,
+        num_slots=args.num_slots,
+        max_len=args.max_len,
+        seed=args.seed,
+    )
+    try:
+        evaluator = Evaluator(make_env, count_tasks(make_env), tokenizer, model, settings)
+    except ValueError as err:  # e.g. an env that does not list its tasks and no --max-tasks
+        raise UsageError(str(err)) from err
+    n = len(evaluator.tasks)
+    print(f"playing {n} tasks x {args.samples} samples on {args.env}", file=sys.stderr)
+    summary, records = evaluator.run(model)
+    env_name = args.env.rstrip("/").replace(":", "_").replace("/", "_")
+    out = args.out or Path("runs") / "eval" / f"{Path(args.model).name}-{env_name}-{split}"
+    meta = {
+        **info,
+        "env": args.env,
+        "split": split,
+        "samples_per_task": args.samples,
+        "temperature": args.temperature,
+        "max_new_tokens": args.max_new_tokens,
+    }
+    paths = write_report(summary, records, out, title=f"Evaluation on {args.env}", meta=meta)
+    print(format_summary(summary))
+    result = {"success_rate": summary.get("success_rate"), "episodes": summary["episodes"]}
+    result["out"] = str(out)
+    if args.mlflow_uri:
+        from mtrl_jax.tracking import make_tracker
+
+        with make_tracker(
+            True,
+            tracking_uri=args.mlflow_uri,
+            experiment=args.experiment,
+            run_name=f"eval-{env_name}",
+            run_dir=out,
+            log_trajectories=False,
+        ) as tracker:
+            tracker.log_params({k: str(v) for k, v in meta.items()})
+            tracker.log_metrics(_scalars(summary), step=0)
+            for file in paths.values():
+                tracker.log_artifact(file, artifact_path="report")
+            result["mlflow_run_id"] = tracker.run_id
+    return _emit(result)
+
+
+# --- export -------------------------------------------------------------------------------------
+
+
+def _export(argv: list[str]) -> dict[str, Any]:
+    p = argparse.ArgumentParser(prog="mtrl export", description="a run's weights as an HF folder")
+    p.add_argument("run_dir", type=Path, help="training run folder (with checkpoints/)")
+    p.add_argument("out", type=Path, help="HF folder to write (transformers loads it)")
+    args = p.parse_args(argv)
+    if not (args.run_dir / "checkpoints").is_dir():
+        raise UsageError(f"{args.run_dir}: not a run folder (no checkpoints/)")
+    model, tokenizer, info = load_model(args.run_dir)
+    from mtrl_jax.models import save_pretrained
+
+    save_pretrained(model, args.out)
+    tokenizer.save_pretrained(str(args.out))
+    generation = Path(info["base_model"]) / "generation_config.json"
+    if generation.is_file():  # the stop tokens transformers' generate() should use
+        shutil.copy(generation, args.out / "generation_config.json")
+    print(f"wrote {args.out} from checkpoint step {info['checkpoint_step']}")
+    return _emit({"out": str(args.out), "checkpoint_step": info["checkpoint_step"]})
+
+
+# --- dispatch -----------------------------------------------------------------------------------
+
 COMMANDS: dict[str, tuple[Callable[[list[str]], Any], str]] = {
     "envs": (_envs, "list the registered environments"),
     "play": (_play, "play the oracle or a random agent on an environment"),
     "sop-bench": (_sop_bench, "evaluate on SOP-Bench domains (evaluation only)"),
+    "train": (_train, "RL training: mtrl train [CONFIG] [key=value ...]"),
+    "sft": (_sft, "supervised warm start only, exported as an HF folder"),
+    "eval": (_eval, "evaluate an HF folder or a run's checkpoint on an environment"),
+    "export": (_export, "write a run's newest checkpoint as an HF folder"),
 }
+
+
+def _run_checked(command: Callable[[list[str]], Any], name: str, argv: list[str]) -> Any:
+    """Runs a subcommand; bad input becomes one stderr line and exit status 2."""
+    bad_input: tuple[type[BaseException], ...] = (UsageError,)
+    if name in ("train", "sft", "eval", "export"):
+        from mtrl_gym import EvalOnlyError
+        from mtrl_jax.config import ConfigError
+
+        bad_input += (ConfigError, EvalOnlyError)
+    try:
+        return command(argv)
+    except bad_input as err:
+        print(f"mtrl {name}: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def main(argv: Sequence[str] | None = None) -> Any:
@@ -50,7 +411,7 @@ def main(argv: Sequence[str] | None = None) -> Any:
             print(f"mtrl: unknown command {args[0]!r}", file=sys.stderr)
         raise SystemExit(0 if asked else 2)
     command, _ = COMMANDS[args[0]]
-    return command(args[1:])
+    return _run_checked(command, args[0], args[1:])
 
 
 def entry() -> None:

@@ -127,5 +127,5 @@ class Evaluator:
 
 
 def full_state(graphdef: nnx.GraphDef, params: nnx.State, rest: nnx.State) -> nnx.Module:
-    """A decoder holding *copies* of ``params``: the train step donates (frees) its buffers."""
-    return nnx.merge(graphdef, jax.tree.map(jnp.copy, params), rest)
+    """A decoder holding *copies* of the state: the train step donates (frees) its buffers."""
+    return nnx.merge(graphdef, jax.tree.map(jnp.copy, params), jax.tree.map(jnp.copy, rest))

@@ -48,6 +48,7 @@ import contextlib
 import dataclasses
 import logging
 import queue
+import shutil
 import threading
 import time
 import warnings
@@ -426,7 +427,7 @@ class Trainer:
             stop.set()
             with progress:
                 progress.notify_all()
-            thread.join(timeout=600)
+            thread.join(timeout=5)  # a daemon: a producer stuck in a rollout must not hang us
             if bar is not None:
                 bar.close()
 
@@ -568,6 +569,9 @@ class Trainer:
         out = Path(out)
         save_pretrained(nnx.merge(self.graphdef, self.state.params, self.state.rest), out)
         self.tokenizer.save_pretrained(str(out))
+        generation = self.model_path / "generation_config.json"  # generate()'s stop tokens
+        if generation.exists():
+            shutil.copyfile(generation, out / "generation_config.json")
         return out
 
 

@@ -31,3 +31,32 @@ def test_mtrl__cli_does_not_import_jax_for_env_commands():
     code = "import sys; from mtrl_jax import cli; cli.main(['envs']); print('jax' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_mtrl__help_lists_the_learner_jobs(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    listed = {line.split()[0] for line in capsys.readouterr().out.splitlines()[3:]}
+    assert {"train", "sft", "eval", "export"} <= listed
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train", "no_such_config"], "no_such_config"),
+        (["train", "quickstart", "steps=2", "stray"], "'stray'"),
+        (["train", "quickstart", "async.mode=sometimes"], "async.mode"),
+        (["sft", "quickstart", "sft.steps=0"], "sft.steps is 0"),
+        (["eval", "--model", "/nonexistent", "--env", "mtrl/SopQuickstart-v0"], "neither"),
+        (["eval", "--model", "m", "--env", "mtrl/NoSuchEnv-v0"], "NoSuchEnv"),
+        (["eval", "--model", "m", "--env", "mtrl/SopQuickstart-v0", "--k", "2"], "--k"),
+        (["eval", "--model", "m", "--env", "x", "--env-kwargs", "{bad"], "not JSON"),
+        (["export", "/nonexistent", "/tmp/out"], "not a run folder"),
+    ],
+)
+def test_mtrl__bad_input_is_one_line_and_exit_2(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"mtrl {argv[0]}: error: ") and message in err[0]
