@@ -21,10 +21,20 @@ The train step itself is layout-agnostic (``mtrl_jax.train_step``): :func:`make_
 jits the *same* python step function with explicit in/out shardings, and XLA's sharding
 propagation inserts the collectives.
 
+:func:`shard_sampler` places a ``SamplingEngine``'s weights (by the same rules) and its KV cache
+(slots over ``("data", "fsdp")``, KV heads by the ``kv_heads`` rule) on a mesh; the sampler's
+compiled programs then run SPMD and draw the same tokens as on one device.
+
 :func:`estimate_memory` gives a per-device budget before anything is allocated.
 
-Non-goals (later): disjoint sampler/trainer device sets, multi-process (multi-host) meshes,
-restoring a checkpoint onto a different mesh, sequence/context parallelism, pipeline stages.
+Multi-process meshes (``mtrl_jax.distributed``): after ``jax.distributed.initialize`` a mesh over
+``jax.devices()`` spans every process. :func:`shard_train_state` and :func:`shard_batch` then
+expect every process to pass the *same* host values (``jax.device_put`` keeps each process's
+addressable shards of them), and the step runs unchanged. The sampler is single-process only.
+
+Non-goals (later): disjoint sampler/trainer device sets, per-process batches (each host feeding
+only its own rows), multi-process sampling, restoring a checkpoint onto a different mesh,
+sequence/context parallelism, pipeline stages.
 """
 
 from __future__ import annotations
@@ -32,7 +42,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import numpy as np
@@ -40,8 +50,12 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from mtrl_jax.models import DecoderConfig
+from mtrl_jax.models.attention import KVCache
 from mtrl_jax.train_step import Metrics, TrainConfig, TrainState, make_train_step
 from mtrl_jax.types import TrainBatch
+
+if TYPE_CHECKING:
+    from mtrl_jax.sampler import SamplingEngine
 
 MESH_AXES = ("data", "fsdp", "tensor")
 # Mesh axes that split batch rows (both data-parallel flavours).
@@ -238,6 +252,77 @@ def make_sharded_train_step(
         return compiled[key](state, batch)
 
     return sharded_step
+
+
+# ----------------------------------------------------------------------------- sampler
+
+# Logical names of the KV cache's ``k``/``v`` dims ``[L, B, S, K, H]``; the slot dim ``B`` is
+# handled apart (it takes the batch axes, like a train batch's rows) and ``S`` is never split:
+# every decode step writes one position of every row, which a split ``S`` would serialise.
+_CACHE_KV_NAMES = ("layers", None, None, "kv_heads", "head_dim")
+
+
+def kv_cache_sharding(cache: KVCache, mesh: Mesh, rules: Rules | None = None) -> KVCache:
+    """``NamedSharding`` of every array of a :class:`KVCache` (a ``KVCache`` of shardings).
+
+    Layout: KV heads (and layers, head_dim) follow the rules, as the ``k_proj``/``v_proj``
+    weights do, so attention over cached heads needs no communication under tensor
+    parallelism. The slot dimension ``B`` (one row per sequence) is split over the mesh axes
+    of ``("data", "fsdp")`` that the rules leave free on ``k``/``v`` and whose product divides
+    ``B`` -- both if possible, else the larger single one that divides, else none (replicated).
+    ``segment_ids`` ``[B, S]`` and ``index`` ``[B]`` split ``B`` the same way.
+
+    Args:
+        cache: the cache (only shapes are read).
+        mesh: the device mesh.
+        rules: logical-axis rules (default :data:`DEFAULT_RULES`).
+    """
+    rules = DEFAULT_RULES if rules is None else rules
+    validate_rules(rules, mesh)
+    kv = list(logical_to_spec(_CACHE_KV_NAMES, cache.k.shape, mesh, rules))
+    slots = cache.k.shape[1]
+    free = [a for a in BATCH_AXES if a not in kv and mesh.shape[a] > 1]
+    candidates = [tuple(free)] + sorted(([a] for a in free), key=lambda a: -mesh.shape[a[0]])
+    batch: str | tuple[str, ...] | None = None
+    for axes in candidates:
+        if axes and slots % math.prod(mesh.shape[a] for a in axes) == 0:
+            batch = axes[0] if len(axes) == 1 else tuple(axes)
+            break
+    kv[1] = batch
+    return KVCache(
+        k=NamedSharding(mesh, PartitionSpec(*kv)),
+        v=NamedSharding(mesh, PartitionSpec(*kv)),
+        segment_ids=NamedSharding(mesh, PartitionSpec(batch, None)),
+        index=NamedSharding(mesh, PartitionSpec(batch)),
+    )
+
+
+def shard_sampler(engine: SamplingEngine, mesh: Mesh, rules: Rules | None = None) -> None:
+    """Places a sampling engine's weights and KV cache on ``mesh``, in place.
+
+    Weights take :func:`param_shardings` (the trainer's layout, so trained params handed to
+    ``engine.set_params`` are already in place), the cache :func:`kv_cache_sharding`. The
+    engine's jitted ``prefill_chunk``/``decode_steps`` then compile for these input layouts and
+    XLA partitions them; tokens and log-probs equal the single-device engine's (the sampling
+    noise is keyed per request and token, not per device).
+
+    This relies on two private attributes of ``SamplingEngine``, ``_state`` (the model's
+    ``nnx.State``) and ``_cache`` (the :class:`KVCache`): call it between device calls (before
+    ``generate``/``generate_batch``, or between rounds). ``set_params`` stores what it is given
+    as is, so pass it params already placed (the sharded train state's are) or call this again.
+
+    Args:
+        engine: the engine to re-place.
+        mesh: a mesh whose devices this process all owns.
+        rules: logical-axis rules (default :data:`DEFAULT_RULES`).
+
+    Raises:
+        ValueError: the mesh spans devices of other processes.
+    """
+    if not NamedSharding(mesh, PartitionSpec()).is_fully_addressable:
+        raise ValueError("shard_sampler needs a mesh of this process's devices only")
+    engine._state = jax.device_put(engine._state, param_shardings(engine._state, mesh, rules))
+    engine._cache = jax.device_put(engine._cache, kv_cache_sharding(engine._cache, mesh, rules))
 
 
 # ----------------------------------------------------------------------------- memory estimate

@@ -60,14 +60,14 @@ def test_load_config__quickstart_values() -> None:
     cfg = load_config("quickstart")
     assert cfg.train.loss.policy_loss == "cispo"
     assert cfg.rollout.advantage.estimator == "grpo"
-    assert (cfg.sft.steps, cfg.steps, cfg.env.tasks_per_step) == (150, 30, 8)
+    assert (cfg.sft.steps, cfg.steps, cfg.env.tasks_per_step) == (300, 20, 8)
     assert (cfg.rollout.group_size, cfg.sampler.max_new_tokens, cfg.sampler.temperature) == (
         8,
         64,
         1.0,
     )
     assert cfg.model.path is None and cfg.env.id == "mtrl/SopQuickstart-v0"
-    assert cfg.train.optimizer.learning_rate == 1e-4  # written `1e-4` in the file
+    assert cfg.sft.learning_rate == 1e-2  # written `1e-2` in the file: a float, not a string
     assert cfg.run_dir == Path("runs") / "quickstart"
 
 
@@ -198,7 +198,7 @@ def test_from_dict__literal_does_not_accept_equal_values_of_another_type() -> No
         (["engine.max_len=64"], "engine.max_len (64) must be >= max(sampler.max_new_tokens"),
         (["env.kwargs={split: dev}"], "env: kwargs must not set 'split'"),
         (["name=a/b"], "name: must be one folder name"),
-        (["train.num_micro_batches=2"], "packing.rows_multiple (1) must be a multiple of"),
+        (["train.num_micro_batches=3"], "packing.rows_multiple (8) must be a multiple of"),
         (
             ["rollout.advantage.estimator=pass_at_k", "rollout.advantage.k=9"],
             "rollout.advantage.k (9) must be <= rollout.group_size (8)",
@@ -418,7 +418,7 @@ def test_flatten__gives_dotted_string_params() -> None:
     assert flat["model.path"] == "null"
     assert flat["tracking.enabled"] == "true"
     assert flat["env.kwargs"] == '{"num_tasks": 3}'
-    assert float(flat["train.optimizer.learning_rate"]) == 1e-4
+    assert float(flat["train.optimizer.learning_rate"]) == 3e-4
     # one param per leaf of to_dict (env.kwargs counted as one)
     assert len(flat) == len(_leaves(to_dict(cfg))) - len(cfg.env.kwargs) + 1
     # Every param is valid override syntax: applying them all rebuilds the config.
