@@ -2,8 +2,8 @@
 
 ``python -m mtrl_envs.demo [play options]`` is ``python -m mtrl_gym play DEFAULT_ENV --show 1``:
 it plays every task through the asyncio episode runner, prints the longest episode turn by turn,
-then one JSON line with the success rate and trajectory statistics. It stands in for the
-training quickstart until the trainer lands.
+then one JSON line with the success rate and trajectory statistics. It is the
+quickstart's `--demo` mode: the environment side alone, without the learner stack.
 """
 
 from __future__ import annotations

@@ -306,10 +306,9 @@ def shard_sampler(engine: SamplingEngine, mesh: Mesh, rules: Rules | None = None
     XLA partitions them; tokens and log-probs equal the single-device engine's (the sampling
     noise is keyed per request and token, not per device).
 
-    This relies on two private attributes of ``SamplingEngine``, ``_state`` (the model's
-    ``nnx.State``) and ``_cache`` (the :class:`KVCache`): call it between device calls (before
-    ``generate``/``generate_batch``, or between rounds). ``set_params`` stores what it is given
-    as is, so pass it params already placed (the sharded train state's are) or call this again.
+    Call it between device calls (before ``generate``/``generate_batch``, or between rounds);
+    later ``engine.set_params`` calls move new weights to the same layout
+    (:meth:`SamplingEngine.place`).
 
     Args:
         engine: the engine to re-place.
@@ -321,8 +320,8 @@ def shard_sampler(engine: SamplingEngine, mesh: Mesh, rules: Rules | None = None
     """
     if not NamedSharding(mesh, PartitionSpec()).is_fully_addressable:
         raise ValueError("shard_sampler needs a mesh of this process's devices only")
-    engine._state = jax.device_put(engine._state, param_shardings(engine._state, mesh, rules))
-    engine._cache = jax.device_put(engine._cache, kv_cache_sharding(engine._cache, mesh, rules))
+    state, cache = engine._state, engine._cache  # shapes only: the engine moves them itself
+    engine.place(param_shardings(state, mesh, rules), kv_cache_sharding(cache, mesh, rules))
 
 
 # ----------------------------------------------------------------------------- memory estimate

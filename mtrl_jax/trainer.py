@@ -49,6 +49,7 @@ import dataclasses
 import logging
 import queue
 import shutil
+import sys
 import threading
 import time
 import warnings
@@ -338,8 +339,13 @@ class Trainer:
         try:
             if not self.resumed:
                 if cfg.sft.steps > 0:
-                    self.warm_start()
+                    sft = self.warm_start()
+                    self._say(
+                        f"warm start: {len(sft)} SFT steps, loss "
+                        f"{sft[0]['sft/loss']:.3f} -> {sft[-1]['sft/loss']:.3f}"
+                    )
                 before = self.evaluate()
+                self._say(f"held-out success before RL: {before.get('success_rate')}")
             if cfg.async_.mode == "sync":
                 self._run_sync()
             else:
@@ -357,6 +363,11 @@ class Trainer:
             "history": self.history,
             "run_dir": str(self.run_dir),
         }
+
+    def _say(self, message: str) -> None:
+        """A progress line on stderr (only with ``progress``)."""
+        if self.progress:
+            print(f"[mtrl] {message}", file=sys.stderr, flush=True)
 
     def _bar(self, total: int, desc: str) -> Any:
         if not self.progress or total <= 0:
@@ -379,6 +390,7 @@ class Trainer:
             self._learn(self._collect(self.step), recompute_old=False)
             if bar is not None:
                 bar.update(1)
+                bar.set_postfix(reward=f"{self.train_reward:.3f}")
         if bar is not None:
             bar.close()
 

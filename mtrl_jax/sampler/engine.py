@@ -112,6 +112,7 @@ class SamplingEngine:
             key = jax.random.wrap_key_data(key)
         self._key = key
         self._graphdef, self._state = nnx.split(model)
+        self._state_sharding: Any = None  # set by `place`; new weights are moved to it
         self._version = 0
         slack = max(config.prefill_buckets) + decode_steps_per_call
         self._cache = model.init_cache(num_slots, max_len + slack, config.cache_dtype)
@@ -143,8 +144,27 @@ class SamplingEngine:
             if graphdef != self._graphdef:
                 raise ValueError("set_params needs a model of the same structure")
             model_or_state = state
+        if self._state_sharding is not None:
+            model_or_state = jax.device_put(model_or_state, self._state_sharding)
         self._state = model_or_state
         self._version = int(version)
+
+    def place(self, state_sharding: Any, cache_sharding: Any) -> None:
+        """Moves the weights and the KV cache to these shardings (e.g. onto a device mesh).
+
+        Later :meth:`set_params` calls move new weights to ``state_sharding`` too. The jitted
+        programs compile for the new layouts; the noise is keyed per request and token, so the
+        tokens do not depend on the placement. Call it between device calls.
+
+        Args:
+            state_sharding: a pytree of shardings matching the model's ``nnx.State``.
+            cache_sharding: a ``KVCache`` of shardings matching the engine's cache.
+        """
+        if self._running:
+            raise RuntimeError("place while requests are running")
+        self._state_sharding = state_sharding
+        self._state = jax.device_put(self._state, state_sharding)
+        self._cache = jax.device_put(self._cache, cache_sharding)
 
     def set_key(self, key: jax.Array) -> None:
         """Uses a new base PRNG key (typed or raw) for requests started from now on.
