@@ -92,6 +92,7 @@ class _Round:
     step: int
     batch: RolloutBatch
     rollout_s: float
+    position: int  # the task stream's position after this round's tasks
 
 
 def _staleness(trajectories: list[Trajectory], version: int) -> np.ndarray:
@@ -173,6 +174,7 @@ class Trainer:
         self.version = 0
         self.step = 0
         self.tasks = TaskStream(count_tasks(self.make_train_env), seed=cfg.seed)
+        self.trained_position = 0  # task-stream position of the last round trained on
         self.sample_key = jax.random.key(cfg.seed)
         self.history: list[
             dict[str, float]
@@ -233,7 +235,7 @@ class Trainer:
         self.state, meta, step = found
         self.step = int(meta["step"])
         self.version = int(meta["policy_version"])
-        self.tasks.position = int(meta["task_position"])
+        self.tasks.position = self.trained_position = int(meta["task_position"])
         self.sample_key = key_from_json(meta["sample_key"])
         self.history = list(meta.get("history", []))
         self.totals = dict(meta.get("totals", {}))
@@ -380,9 +382,10 @@ class Trainer:
         """Plays round ``step`` (its tasks, keys and seeds are functions of the step)."""
         start = time.perf_counter()
         tasks = self.tasks.take(self.cfg.env.tasks_per_step)
+        position = self.tasks.position
         self.sampler.set_key(jax.random.fold_in(self.sample_key, step))
         batch = run_blocking(self.rollout.collect(tasks, step=step))
-        return _Round(step, batch, time.perf_counter() - start)
+        return _Round(step, batch, time.perf_counter() - start, position)
 
     def _run_sync(self) -> None:
         bar = self._bar(self.cfg.steps - self.step, "rl")
@@ -446,6 +449,9 @@ class Trainer:
     def _learn(self, rnd: _Round, *, recompute_old: bool, wait_s: float = 0.0) -> bool:
         """One update from a round; returns False when nothing was left to train on."""
         cfg, start = self.cfg, time.perf_counter()
+        # Checkpoints store the position of the rounds *trained on*: rounds the async producer
+        # sampled ahead are sampled again after a resume, never skipped.
+        self.trained_position = rnd.position
         batch = rnd.batch
         trajectories = batch.trajectories
         staleness = _staleness(trajectories, self.version)
@@ -564,7 +570,7 @@ class Trainer:
         meta = {
             "step": self.step,
             "policy_version": self.version,
-            "task_position": self.tasks.position,
+            "task_position": self.trained_position,
             "sample_key": key_to_json(self.sample_key),
             "history": self.history,
             "totals": self.totals,

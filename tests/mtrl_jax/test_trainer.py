@@ -107,6 +107,7 @@ def tiny(out_dir: Path, name: str, base_model: Path, *extra: str) -> list[str]:
         "engine.num_slots=4",
         "engine.max_len=768",
         "packing.rows_multiple=1",
+        "train.num_micro_batches=1",
         "eval.max_tasks=1",
         "sft.steps=0",
         "tracking.enabled=false",
@@ -396,6 +397,11 @@ def test_trainer__async_pause_keeps_staleness_within_one(variant_runs):
             metrics["staleness/hist_0"] + metrics["staleness/hist_1"]
             == metrics["packing/sequences"]
         )
+    # The producer ran ahead of the learner; a checkpoint records the rounds trained on, so a
+    # resume samples the queued rounds' tasks again instead of skipping them.
+    trainer = run["trainer"]
+    assert trainer.trained_position == trainer.step * trainer.cfg.env.tasks_per_step
+    assert trainer.tasks.position >= trainer.trained_position
 
 
 def _instrumented(trainer: Trainer, *, hold_first_update: bool) -> dict[str, list[int]]:
