@@ -189,9 +189,9 @@ class RolloutEngine:
         Args:
             tasks: Reset options of each task, e.g. ``[{"task_id": "q1"}, {"task_index": 3}]``.
             step: Round number; part of the group ids and the reset seeds.
-            evaluation: An evaluation round: evaluation-only environments are allowed and no
-                learner trajectories are returned. Otherwise every environment must pass
-                :func:`mtrl_gym.ensure_trainable`.
+            evaluation: An evaluation round: evaluation-only environments are allowed, no
+                advantages are computed and no learner trajectories are returned. Otherwise
+                every environment must pass :func:`mtrl_gym.ensure_trainable`.
 
         Returns:
             The records, the learner's trajectories and the metrics.
@@ -344,7 +344,7 @@ class RolloutEngine:
             raise RuntimeError(f"every episode failed: {sampler_errors[0].eval}")
         valid = [r.status not in EXCLUDED_STATUSES for r in records]
         adv_metrics: dict[str, float] = {}
-        if any(valid):
+        if any(valid) and not evaluation:  # an evaluation round trains nothing
             layout = to_group_layout(
                 [r.group_id for r in records],
                 [r.reward for r in records],
