@@ -18,7 +18,7 @@ Non-goals: demonstrations from people or other models (record them as trajectori
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import gymnasium as gym
@@ -114,9 +114,3 @@ def _play(
         tool_calls=tool_calls,
         **arrays,
     )
-
-
-def split_tasks(num_tasks: int, count: int | None) -> Sequence[dict[str, Any]]:
-    """Reset options of the first ``count`` tasks (all when None) of a split."""
-    n = num_tasks if count is None else min(count, num_tasks)
-    return [{"task_index": i} for i in range(n)]

@@ -27,6 +27,7 @@ from mtrl_jax.evaluation import summarize
 from mtrl_jax.rollout.engine import RolloutConfig, RolloutEngine, run_blocking
 from mtrl_jax.sampler.config import SamplerConfig
 from mtrl_jax.sampler.engine import SamplingEngine
+from mtrl_jax.tasks import first_tasks
 from mtrl_jax.trajectory import TrajectoryRecord
 
 
@@ -82,10 +83,10 @@ class Evaluator:
     ):
         if num_tasks is None and settings.max_tasks is None:
             raise ValueError("the environment does not list its tasks: set eval.max_tasks")
-        count = num_tasks if settings.max_tasks is None else settings.max_tasks
-        if num_tasks is not None:
-            count = min(count, num_tasks)
-        self.tasks = [{"task_index": i} for i in range(count)] if num_tasks else [{}] * count
+        if num_tasks is None:  # seeds alone tell the episodes apart
+            self.tasks: list[dict[str, Any]] = [{}] * (settings.max_tasks or 0)
+        else:
+            self.tasks = first_tasks(num_tasks, settings.max_tasks)
         self.settings = settings
         sampler_cfg = SamplerConfig(
             temperature=settings.temperature, max_new_tokens=settings.max_new_tokens

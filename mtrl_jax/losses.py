@@ -173,6 +173,13 @@ def cispo_loss(
     return loss, stats
 
 
+def _no_clip_stats(like: Array) -> dict[str, Array]:
+    """The clip-fraction stats of a loss that never clips: zeros shaped like ``like``."""
+    zero = jnp.zeros_like(like)
+    names = ("clipfrac", "clipfrac_low", "clipfrac_high", "dual_clipfrac")
+    return {f"policy/{name}": zero for name in names}
+
+
 @POLICY_LOSSES.register("is")
 def is_policy_loss(
     logp: Float[Array, "B T"],
@@ -191,9 +198,7 @@ def is_policy_loss(
     """
     del cfg
     ratio = jnp.exp(_log_ratio(logp, old_logp, loss_mask))
-    zero = jnp.zeros_like(ratio)
-    names = ("policy/clipfrac", "policy/clipfrac_low", "policy/clipfrac_high")
-    return -ratio * advantages, {**dict.fromkeys(names, zero), "policy/dual_clipfrac": zero}
+    return -ratio * advantages, _no_clip_stats(ratio)
 
 
 @POLICY_LOSSES.register("nll")
@@ -212,9 +217,7 @@ def nll_loss(
     behaviour cloning; use it for warm starts, not for RL.
     """
     del old_logp, advantages, loss_mask, cfg
-    zero = jnp.zeros_like(logp)
-    names = ("policy/clipfrac", "policy/clipfrac_low", "policy/clipfrac_high")
-    return -logp, {**dict.fromkeys(names, zero), "policy/dual_clipfrac": zero}
+    return -logp, _no_clip_stats(logp)
 
 
 # --- sampler/trainer mismatch: (old_logp, behaviour_logp, mask, segment_ids, cfg) -> weight --

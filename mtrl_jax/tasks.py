@@ -23,7 +23,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-import mtrl_envs  # noqa: F401 - registers the built-in environment ids
+import mtrl_gym  # noqa: F401 - registers the built-in environment ids
 
 
 def env_factory(env_id: str, *, split: str | None, kwargs: dict[str, Any]) -> Callable[[], gym.Env]:
@@ -57,6 +57,12 @@ def count_tasks(make_env: Callable[[], gym.Env]) -> int | None:
         return len(tasks()) if callable(tasks) else None
     finally:
         env.close()
+
+
+def first_tasks(num_tasks: int, count: int | None) -> list[dict[str, Any]]:
+    """Reset options of the first ``count`` tasks (all when None) of a split, in order."""
+    n = num_tasks if count is None else min(count, num_tasks)
+    return [{"task_index": i} for i in range(n)]
 
 
 class TaskStream:

@@ -69,7 +69,7 @@ from mtrl_jax.evaluation import summarize
 from mtrl_jax.packing import pack_trajectories
 from mtrl_jax.rollout.engine import RolloutBatch, RolloutEngine, run_blocking
 from mtrl_jax.sampler.engine import SamplingEngine
-from mtrl_jax.tasks import TaskStream, count_tasks, env_factory
+from mtrl_jax.tasks import TaskStream, count_tasks, env_factory, first_tasks
 from mtrl_jax.tracking import Tracker, make_tracker
 from mtrl_jax.train_step import init_train_state, make_logprob_fn, make_train_step
 from mtrl_jax.trajectory import TrajectoryRecord
@@ -284,10 +284,9 @@ class Trainer:
         s = self.cfg.sft
         if s.demo_source == "oracle":
             n = count_tasks(self.make_train_env)
-            count = n if s.demo_tasks is None or n is None else min(s.demo_tasks, n)
-            if count is None:
+            if n is None:
                 raise ValueError("oracle demonstrations need an environment that lists its tasks")
-            tasks = [{"task_index": i} for i in range(count)]
+            tasks = first_tasks(n, s.demo_tasks)
             records = oracle_records(
                 self.make_train_env, tasks, self.tokenizer, stop_token_id=self.eos_token_id
             )
@@ -446,8 +445,8 @@ class Trainer:
             if bar is not None:
                 bar.close()
 
-    def _learn(self, rnd: _Round, *, recompute_old: bool, wait_s: float = 0.0) -> bool:
-        """One update from a round; returns False when nothing was left to train on."""
+    def _learn(self, rnd: _Round, *, recompute_old: bool, wait_s: float = 0.0) -> None:
+        """One update from a round (a round with nothing left to train on counts as a step)."""
         cfg, start = self.cfg, time.perf_counter()
         # Checkpoints store the position of the rounds *trained on*: rounds the async producer
         # sampled ahead are sampled again after a resume, never skipped.
@@ -471,7 +470,7 @@ class Trainer:
             metrics["optim/skipped_empty"] = 1.0
             self._log_step(metrics, batch.records)
             self.step += 1
-            return True
+            return
         packed, info = pack_trajectories(trajectories, cfg.packing)
         packed = jax.tree.map(jnp.asarray, packed)
         if recompute_old:  # pi_old is the learner's current policy; mu stays the sampler's
@@ -498,7 +497,6 @@ class Trainer:
             self.evaluate()
         if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0:
             self.save()
-        return True
 
     def _staleness_metrics(self, staleness: np.ndarray, dropped: int) -> dict[str, float]:
         out = {
