@@ -3,7 +3,7 @@
 :class:`SamplerConfig` holds everything that is fixed for an engine's lifetime: the sampling
 distribution (temperature, top-k, top-p), default and per-episode token limits, and the prefill
 shape buckets that bound recompilation. :class:`SampleResult` is the plain-data record of one
-``generate`` call.
+``generate`` call; :class:`PrefillStats` counts an engine's prefill work.
 
 Non-goals: per-request sampling parameters (one engine samples one distribution; make a second
 engine for evaluation settings), beam search, logit processors.
@@ -98,3 +98,27 @@ class SampleResult:
     model_logprobs: list[float] = field(default_factory=list)
     policy_version: int = 0
     stop_reason: StopReason = "max_new_tokens"
+
+
+@dataclass
+class PrefillStats:
+    """Running totals of an engine's prompt work (reset it by assigning a fresh one).
+
+    Every token a request needs in its slot before sampling is either prefilled or reused. A
+    shared prefix prefilled once counts as prefilled for the session whose slot computed it and
+    as reused for every session it was copied to, so ``prefilled_tokens + reused_tokens`` is the
+    number of tokens all requests needed.
+
+    Attributes:
+        prefilled_tokens: real (unpadded) tokens run through the prefill program.
+        reused_tokens: prompt tokens of new sessions taken from KV rows already computed under
+            the current weights (held by the session's own slot, or copied) instead of
+            prefilled for that session.
+        prefill_calls: prefill device calls.
+        copy_calls: row-copy device calls.
+    """
+
+    prefilled_tokens: int = 0
+    reused_tokens: int = 0
+    prefill_calls: int = 0
+    copy_calls: int = 0

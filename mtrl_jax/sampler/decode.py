@@ -1,30 +1,41 @@
-"""The sampler's two compiled programs: prefill a chunk into one slot, and batched decoding.
+"""The sampler's compiled programs: batched prefill, row copies, and batched decoding.
 
-Both take the model as ``(graphdef, state)``: the graphdef is a static argument and only the
-state crosses the jit boundary, so new weights of the same shapes (``set_params``) never
+All take the model (if any) as ``(graphdef, state)``: the graphdef is a static argument and only
+the state crosses the jit boundary, so new weights of the same shapes (``set_params``) never
 recompile. Shapes are fixed by construction:
 
-* :func:`prefill_chunk` always sees one row of ``P`` tokens, ``P`` one of
-  ``SamplerConfig.prefill_buckets``: one program per bucket.
+* :func:`prefill_chunk` sees ``R`` rows of ``P`` tokens, ``P`` one of
+  ``SamplerConfig.prefill_buckets`` and ``R`` a power of two capped at the engine's
+  ``prefill_rows`` (:func:`row_bucket`): at most ``len(buckets) * (log2(prefill_rows) + 2)``
+  programs per engine, one per bucket when ``prefill_rows == 1``.
+* :func:`copy_rows` sees ``R`` (row-bucketed) pairs: at most ``log2(B) + 2`` programs.
 * :func:`decode_steps` always sees all ``B`` slots and runs ``num_steps`` (static) tokens per
   call with ``lax.scan``: one program per engine.
 
 Slot bookkeeping. A slot is one row of the :class:`KVCache`. The host owns the truth about how
 many tokens each slot holds and passes it as ``start`` to every prefill, which overwrites the
-row's write index; so a slot is reused (new session: ``start = 0``) or extended (next turn:
-``start = len(context)``) without a reset program. Correctness of stale contents rests on the
-attention rule (``key_slot <= query_slot``, same non-zero segment): every slot at or before a
-query's own slot has been written by the current context, and everything after it is masked
-whatever it holds. Prefill padding is written with segment 0 and the index is set past the real
-tokens only, so the next write overwrites the padding. Decode rows that are not active write
-segment-0 garbage at their index and do not advance it.
+row's write index; so a slot is reused (new session: ``start = 0``), extended (next turn:
+``start = len(context)``) or continued after a copied prefix (``start = prefix length``)
+without a reset program. Correctness of stale contents rests on the attention rule
+(``key_slot <= query_slot``, same non-zero segment): every slot at or before a query's own slot
+has been written by the current context, and everything after it is masked whatever it holds.
+Prefill padding is written with segment 0 and the index is set past the real tokens only, so the
+next write overwrites the padding. Decode rows that are not active write segment-0 garbage at
+their index and do not advance it. The same rule is why :func:`copy_rows` may copy whole rows:
+entries past the shared prefix are overwritten by the destination's own prefill before any
+query at or after them exists.
+
+Padding rows (to reach the row bucket) carry the slot id ``B``, one past the last row: they
+read some real row (clamped), compute garbage, and their scatters are dropped
+(``mode="drop"``), so they write nowhere. Real rows of one call have distinct slots, so the
+scatters never collide.
 
 The cache is allocated ``max_len + slack`` long (slack = largest bucket + ``num_steps``) so a
 padded chunk or a decode chunk that runs past a row's end never reaches the end of the buffer,
 where ``dynamic_update_slice`` would clamp its start and overwrite real entries.
 
-Non-goals: batched prefill of several slots in one call, paged caches, prefix sharing between
-different sessions.
+Non-goals: paged caches (a shared prefix is copied, not referenced), ragged prefill without
+padding.
 """
 
 from __future__ import annotations
@@ -44,12 +55,33 @@ from mtrl_jax.sampler.sampling import row_keys, sample_tokens
 _STATIC = ("graphdef", "greedy", "filtered")
 
 
-def _take_row(x: Array, slot: Array, axis: int) -> Array:
-    return jax.lax.dynamic_slice_in_dim(x, slot, 1, axis=axis)
+def row_bucket(num_rows: int, limit: int) -> int:
+    """Rows of a batched call: the next power of two, capped at ``limit``.
+
+    >>> [row_bucket(n, 6) for n in (1, 2, 3, 5, 6)]
+    [1, 2, 4, 6, 6]
+    """
+    if not 1 <= num_rows <= limit:
+        raise ValueError(f"need 1 <= num_rows <= limit, got {num_rows} of {limit}")
+    return min(1 << (num_rows - 1).bit_length(), limit)
 
 
-def _put_row(x: Array, row: Array, slot: Array, axis: int) -> Array:
-    return jax.lax.dynamic_update_slice_in_dim(x, row.astype(x.dtype), slot, axis=axis)
+def _gather_rows(cache: KVCache, slots: Array) -> tuple[Array, Array, Array]:
+    """``k``, ``v`` ``[L, R, S, K, H]`` and segments ``[R, S]`` of ``slots`` (padding clamped)."""
+    read = jnp.minimum(slots, cache.index.shape[0] - 1)
+    return cache.k[:, read], cache.v[:, read], cache.segment_ids[read]
+
+
+def _scatter_rows(
+    cache: KVCache, slots: Array, k: Array, v: Array, segments: Array, index: Array
+) -> KVCache:
+    """Writes whole rows back into ``slots``; rows with slot ``B`` (padding) are dropped."""
+    return KVCache(
+        k=cache.k.at[:, slots].set(k.astype(cache.k.dtype), mode="drop"),
+        v=cache.v.at[:, slots].set(v.astype(cache.v.dtype), mode="drop"),
+        segment_ids=cache.segment_ids.at[slots].set(segments, mode="drop"),
+        index=cache.index.at[slots].set(index, mode="drop"),
+    )
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC, donate_argnames=("cache",))
@@ -59,29 +91,32 @@ def prefill_chunk(
     cache: KVCache,
     tokens: Array,
     *,
-    slot: Array,
-    start: Array,
+    slots: Array,
+    starts: Array,
     num_real: Array,
     base_key: Array,
-    request_id: Array,
+    request_ids: Array,
     temperature: Array,
     top_k: Array,
     top_p: Array,
     greedy: bool,
     filtered: bool,
 ) -> tuple[KVCache, Array, Array, Array]:
-    """Writes ``tokens[0, :num_real]`` into ``slot`` at ``start`` and samples the next token.
+    """Writes ``tokens[r, :num_real[r]]`` into slot ``slots[r]`` at ``starts[r]``; samples each.
+
+    Every row is computed exactly as it would be alone: rows only meet in shared matmuls, and
+    each row's draw is keyed by its own request id (token 0 of that request).
 
     Args:
         graphdef: static model graphdef.
         state: the model's state (weights).
         cache: the engine's cache (donated).
-        tokens: ``[1, P]`` int32, real tokens then padding.
-        slot: int32 row of the cache.
-        start: int32 number of tokens the slot already holds for this context.
-        num_real: int32 ``1 <= num_real <= P``.
+        tokens: ``[R, P]`` int32, real tokens then padding.
+        slots: ``[R]`` int32 distinct cache rows; ``B`` marks a padding row (writes nothing).
+        starts: ``[R]`` int32 tokens each slot already holds for its context.
+        num_real: ``[R]`` int32, ``1 <= num_real <= P`` for real rows (0 for padding).
         base_key: the engine's typed key.
-        request_id: int32 per-call counter of the request (the draw is token 0 of it).
+        request_ids: ``[R]`` int32 request id of each row (the draw is token 0 of it).
         temperature: float32 scalar (see :func:`sample_tokens`).
         top_k: int32 scalar.
         top_p: float32 scalar.
@@ -89,27 +124,23 @@ def prefill_chunk(
         filtered: static sampling mode.
 
     Returns:
-        The cache, and the ``[1]`` token, sampling log-prob and model log-prob drawn from the
-        logits after the last real token.
+        The cache, and ``[R]`` tokens, sampling log-probs and model log-probs drawn from the
+        logits after each row's last real token.
     """
     model = nnx.merge(graphdef, state)
-    p = tokens.shape[1]
+    r, p = tokens.shape
     offsets = jnp.arange(p, dtype=jnp.int32)[None, :]
-    row = KVCache(
-        k=_take_row(cache.k, slot, 1),
-        v=_take_row(cache.v, slot, 1),
-        segment_ids=_take_row(cache.segment_ids, slot, 0),
-        index=jnp.reshape(start, (1,)).astype(jnp.int32),
-    )
-    hidden, row = model.hidden_states(
+    k, v, segments = _gather_rows(cache, slots)
+    rows = KVCache(k=k, v=v, segment_ids=segments, index=starts.astype(jnp.int32))
+    hidden, rows = model.hidden_states(
         tokens,
-        positions=start + offsets,
-        segment_ids=(offsets < num_real).astype(jnp.int32),
-        cache=row,
+        positions=starts[:, None] + offsets,
+        segment_ids=(offsets < num_real[:, None]).astype(jnp.int32),
+        cache=rows,
     )
-    assert row is not None
-    last = jax.lax.dynamic_index_in_dim(hidden[0], num_real - 1, axis=0, keepdims=True)
-    keys = row_keys(base_key, jnp.reshape(request_id, (1,)), jnp.zeros((1,), jnp.int32))
+    assert rows is not None
+    last = hidden[jnp.arange(r), jnp.maximum(num_real - 1, 0)]  # [R, D]
+    keys = row_keys(base_key, request_ids, jnp.zeros((r,), jnp.int32))
     token, logp, model_logp = sample_tokens(
         model.logits(last),
         keys,
@@ -119,13 +150,29 @@ def prefill_chunk(
         greedy=greedy,
         filtered=filtered,
     )
-    cache = KVCache(
-        k=_put_row(cache.k, row.k, slot, 1),
-        v=_put_row(cache.v, row.v, slot, 1),
-        segment_ids=_put_row(cache.segment_ids, row.segment_ids, slot, 0),
-        index=cache.index.at[slot].set(start + num_real),
-    )
+    cache = _scatter_rows(cache, slots, rows.k, rows.v, rows.segment_ids, starts + num_real)
     return cache, token, logp, model_logp
+
+
+@functools.partial(jax.jit, donate_argnames=("cache",))
+def copy_rows(cache: KVCache, *, sources: Array, targets: Array, lengths: Array) -> KVCache:
+    """Copies cache row ``sources[i]`` into row ``targets[i]``, all pairs at once.
+
+    All reads happen before all writes, so a row may be a source of one pair and the target of
+    another. The whole row is copied (see the module docstring for why that is safe); the
+    target's write index is set to ``lengths[i]``, the shared prefix the host will extend.
+
+    Args:
+        cache: the engine's cache (donated).
+        sources: ``[R]`` int32 rows to read.
+        targets: ``[R]`` int32 distinct rows to write; ``B`` marks a padding pair.
+        lengths: ``[R]`` int32 tokens of the prefix the target now holds.
+
+    Returns:
+        The cache.
+    """
+    k, v, segments = _gather_rows(cache, sources)
+    return _scatter_rows(cache, targets, k, v, segments, lengths)
 
 
 @functools.partial(jax.jit, static_argnames=(*_STATIC, "num_steps"), donate_argnames=("cache",))

@@ -6,7 +6,7 @@ served FIFO: a request takes its session's slot, or a free one for a new session
 its result is delivered at once and the next waiting request can use a free slot, so short
 requests are never held behind long ones.
 
-Sessions and prefix reuse: a session keeps its slot and KV cache between turns, so turn ``n``
+Sessions: a session keeps its slot and KV cache between turns, so turn ``n``
 prefills only the previous turn's last sampled token plus ``new_tokens``. The context the model
 saw is exactly the concatenation of every ``new_tokens`` and every sampled token
 (:meth:`SamplingEngine.context`). **Slot policy:** no eviction. A session holds its slot until
@@ -21,15 +21,34 @@ tools on worker threads) pass their own ``request_id``, unique under the current
 to a fresh key with :meth:`SamplingEngine.set_key` between rounds (the trainer folds the step
 into it), so a resumed run samples exactly what the uninterrupted run did.
 
+Batched prefill: the requests admitted together are prefilled together, one device call per
+chunk, prefill bucket and ``prefill_rows`` rows (padded to a power of two, see ``decode``). Each
+row's draw is keyed by its own request and its arithmetic is that of the row alone, so it is the
+draw the request would get alone (up to the rounding of matmuls of another shape). On CPU the
+default is one row per call: batched rows were measured to cost more there.
+
+Prefix reuse across sessions (``prefix_reuse=True``): the host records which tokens each cache
+row holds and under which weights (an epoch bumped by every ``set_params``). A new session
+starts from the longest prefix of its prompt that any row holds under the *current* weights: its
+own (free) slot's costs nothing, another slot's (busy or free) is copied if that gains at least
+``min_shared_prefix`` tokens. New sessions admitted together that share a prefix (the G
+samples of an RL group, the system prompt of every task) get it prefilled once and copied,
+level by level down their common-prefix tree. At least the prompt's last token is always
+prefilled, since the first draw needs its logits. KV rows are copied, not shared, so there is no
+reference counting and no eviction; ``stats`` counts prefilled and reused tokens.
+
 Weights: :meth:`SamplingEngine.set_params` swaps them between device calls. A result's
 ``policy_version`` is the oldest version that sampled any of its tokens. The KV cache of earlier
-turns is not recomputed after a swap (as in other in-flight-update samplers).
+turns of a running session is not recomputed after a swap (as in other in-flight-update
+samplers), but it is never reused for a new session. (A swap from another thread while a new
+session is being admitted acts like a swap right after its prefix was prefilled.)
 
 Threading: the asyncio loop does all bookkeeping; only the decode call (device work plus the
 device-to-host copy) runs in a worker thread so environments keep running meanwhile. Prefill
 runs on the loop thread.
 
-Non-goals: eviction/preemption, per-request sampling settings, prefix sharing across sessions.
+Non-goals: eviction/preemption, per-request sampling settings, paged (reference-counted) prefix
+blocks, reuse of a prefix computed under other weights.
 """
 
 from __future__ import annotations
@@ -46,8 +65,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mtrl_jax.sampler.config import SamplerConfig, SampleResult, StopReason
-from mtrl_jax.sampler.decode import decode_steps, prefill_chunk
+from mtrl_jax.sampler.config import PrefillStats, SamplerConfig, SampleResult, StopReason
+from mtrl_jax.sampler.decode import copy_rows, decode_steps, prefill_chunk, row_bucket
 from mtrl_jax.sampler.stopping import TurnStopper
 
 
@@ -75,6 +94,77 @@ class _Request:
     result: SampleResult = dataclasses.field(default_factory=SampleResult)
 
 
+@dataclasses.dataclass
+class _Row:
+    """One row of a batched prefill: ``tokens`` into ``slot`` from position ``start``."""
+
+    slot: int
+    tokens: list[int]
+    start: int
+    request_id: int | None = None  # the draw's noise stream; None: a shared prefix, no draw
+
+
+def _common_prefix(held: np.ndarray, prompt: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """``[B]`` length of the common prefix of ``prompt`` ``[n]`` and each row of ``held``.
+
+    ``held`` is ``[B, n]`` (rows cut to the prompt's length); row ``b`` counts only up to its
+    ``valid[b]`` reusable tokens.
+    """
+    if prompt.size == 0:
+        return np.zeros(held.shape[0], np.int64)
+    equal = held == prompt[None, :]
+    lengths = np.where(equal.all(axis=1), prompt.size, np.argmin(equal, axis=1))
+    return np.minimum(lengths, valid)
+
+
+def _plan_shares(prompts: Sequence[np.ndarray], min_len: int) -> list[list[tuple[list[int], int]]]:
+    """Which groups of new sessions share a prefix, level by level (a walk of their prefix tree).
+
+    A group of two or more prompts whose common prefix reaches at least ``min_len`` tokens past
+    what its members already share gets that prefix prefilled once and copied. It then splits
+    by the next token and each part is planned the same way, one level deeper (the copies of a
+    level must land before the next level extends them).
+
+    Args:
+        prompts: the shareable tokens of each session (its prompt without the last token, which
+            is always prefilled because the first draw needs its logits).
+        min_len: the shortest shared segment worth a prefill and a copy.
+
+    Returns:
+        Per level, ``(member indices, shared prefix length)``; groups of one level are disjoint.
+
+    >>> a, b, c = [7] * 20 + [1], [7] * 20 + [2], [7] * 20 + [2, 3]
+    >>> _plan_shares([np.array(p) for p in (a, b, c)], min_len=16)
+    [[([0, 1, 2], 20)]]
+    """
+    levels: list[list[tuple[list[int], int]]] = []
+    # (members, prefix they will hold, prefix they share, level); members share >= 1 more token.
+    stack = [(list(range(len(prompts))), 0, 0, 0)]
+    while stack:
+        members, held, depth, level = stack.pop()
+        if len(members) < 2:
+            continue
+        first = prompts[members[0]][depth:]
+        shared = depth + min(_prefix_length(first, prompts[m][depth:]) for m in members[1:])
+        if shared - held >= min_len:
+            levels.extend([] for _ in range(level + 1 - len(levels)))
+            levels[level].append((members, shared))
+            held, level = shared, level + 1
+        parts: dict[int, list[int]] = {}
+        for m in members:
+            if len(prompts[m]) > shared:
+                parts.setdefault(int(prompts[m][shared]), []).append(m)
+        stack.extend((part, held, shared, level) for part in parts.values())
+    return levels
+
+
+def _prefix_length(a: np.ndarray, b: np.ndarray) -> int:
+    """Length of the common prefix of two token arrays."""
+    n = min(len(a), len(b))
+    differ = np.flatnonzero(a[:n] != b[:n])
+    return int(differ[0]) if differ.size else n
+
+
 class SamplingEngine:
     """Serves ``generate`` calls from many sessions over ``num_slots`` cache rows.
 
@@ -88,6 +178,15 @@ class SamplingEngine:
         decode_steps_per_call: tokens per slot per decode call (``lax.scan`` inside one
             program). Larger amortises dispatch and host sync; a slot that stops mid-call wastes
             the rest of that call's steps.
+        prefix_reuse: start new sessions from KV rows that already hold a prefix of their
+            prompt (see the module docstring); False prefills every new session from scratch
+            (the reference path; the same draws up to float rounding).
+        min_shared_prefix: the shortest prefix worth copying from another slot (a session's
+            own slot is reused at any length).
+        prefill_rows: most rows per prefill call. None: every slot on accelerators, where one
+            call per chunk amortises launches and weight reads, but 1 on CPU, where rows
+            batched together were measured to cost 1.4-4x more each (their ``[R, N, T, S]``
+            attention intermediates outgrow the caches; ``benchmarks/bench_rollout_round.py``).
     """
 
     def __init__(
@@ -100,9 +199,15 @@ class SamplingEngine:
         config: SamplerConfig,
         key: jax.Array,
         decode_steps_per_call: int = 1,
+        prefix_reuse: bool = True,
+        min_shared_prefix: int = 16,
+        prefill_rows: int | None = None,
     ) -> None:
-        if num_slots < 1 or max_len < 2 or decode_steps_per_call < 1:
-            raise ValueError("need num_slots >= 1, max_len >= 2, decode_steps_per_call >= 1")
+        if num_slots < 1 or max_len < 2 or decode_steps_per_call < 1 or min_shared_prefix < 1:
+            raise ValueError(
+                "need num_slots >= 1, max_len >= 2, decode_steps_per_call >= 1, "
+                "min_shared_prefix >= 1"
+            )
         self.config = config
         self.num_slots = num_slots
         self.max_len = max_len
@@ -134,6 +239,20 @@ class SamplingEngine:
         self._last = np.zeros(num_slots, np.int32)
         self._request_ids = np.zeros(num_slots, np.int32)
         self._token_index = np.zeros(num_slots, np.int32)
+        self.prefix_reuse = prefix_reuse
+        self.min_shared_prefix = min_shared_prefix
+        if prefill_rows is None:
+            prefill_rows = 1 if jax.default_backend() == "cpu" else num_slots
+        if not 1 <= prefill_rows <= num_slots:
+            raise ValueError(f"prefill_rows must be in [1, num_slots], got {prefill_rows}")
+        self.prefill_rows = prefill_rows
+        self.stats = PrefillStats()
+        # Host record of each cache row for reuse by new sessions: the tokens it holds, and how
+        # many leading ones were computed under the weights of epoch `_held_epoch[slot]`.
+        self._epoch = 0  # bumped by every set_params (version numbers may repeat)
+        self._held = np.zeros((num_slots, self._cache.max_len), np.int32)
+        self._held_len = np.zeros(num_slots, np.int64)
+        self._held_epoch = np.zeros(num_slots, np.int64)
 
     # ------------------------------------------------------------------------------ public
 
@@ -148,6 +267,7 @@ class SamplingEngine:
             model_or_state = jax.device_put(model_or_state, self._state_sharding)
         self._state = model_or_state
         self._version = int(version)
+        self._epoch += 1  # KV computed so far is never reused by a new session
 
     def place(self, state_sharding: Any, cache_sharding: Any) -> None:
         """Moves the weights and the KV cache to these shardings (e.g. onto a device mesh).
@@ -336,6 +456,7 @@ class SamplingEngine:
                     request.on_error(error)
             self._running.clear()
             self._pending.clear()
+            self._held_len[:] = 0  # the cache may hold anything now
             for request in failed:
                 if self._sessions.get(request.session_id, _Session()).ending:
                     self.end_session(request.session_id)
@@ -344,18 +465,49 @@ class SamplingEngine:
     def _admit(self) -> None:
         """Starts every waiting request that has (or can take) a slot, in FIFO order."""
         waiting: deque[_Request] = deque()
+        started: list[tuple[_Request, _Session]] = []
         while self._pending:
             request = self._pending.popleft()
             session = self._sessions[request.session_id]
-            if session.slot is None:
-                if not self._free:
-                    waiting.append(request)
+            if session.slot is None and not self._free:
+                waiting.append(request)
+                continue
+            try:
+                # Limits first: a prompt that cannot fit finishes here and never takes a slot.
+                if not self._prepare(request, session):
                     continue
-                session.slot = self._free.pop(0)
-            self._start(request, session)
+                if session.slot is None:
+                    session.slot = self._take_free_slot(request.new_tokens)
+            except BaseException:
+                # Keep every request in a queue so `_serve`'s failure handler reaches its caller.
+                self._pending.appendleft(request)
+                self._pending.extendleft(reversed(waiting))
+                self._pending.extendleft(reversed([r for r, _ in started]))
+                raise
+            started.append((request, session))
         self._pending = waiting
+        if started:
+            try:
+                self._prefill(started)
+            except BaseException:
+                # Started requests sit in neither queue until they run: put the undelivered ones
+                # back so `_serve`'s failure handler reaches their callers too.
+                limbo = [r for r, s in started if s.busy and self._running.get(s.slot) is not r]
+                self._pending.extendleft(reversed(limbo))
+                raise
 
-    def _start(self, request: _Request, session: _Session) -> None:
+    def _take_free_slot(self, prompt: Sequence[int]) -> int:
+        """A free slot for a new session: the one holding most of its prompt (FIFO on ties)."""
+        index = 0
+        if self.prefix_reuse and len(prompt) > 1:
+            shareable = np.asarray(prompt[:-1], np.int32)
+            free = np.asarray(self._free)
+            held = self._held[free, : shareable.size]
+            index = int(np.argmax(_common_prefix(held, shareable, self._reusable()[free])))
+        return self._free.pop(index)
+
+    def _prepare(self, request: _Request, session: _Session) -> bool:
+        """Sets the request's limits and noise stream; False if it finished without sampling."""
         request.result.policy_version = self._version
         context_after = len(session.context) + len(request.new_tokens)
         budget = self.config.max_episode_tokens
@@ -368,7 +520,7 @@ class SamplingEngine:
         if limit < 1:
             request.result.stop_reason = reason
             self._finish(request, session)
-            return
+            return False
         request.stopper = TurnStopper(
             request.stop_token_ids,
             request.stop_strings,
@@ -379,36 +531,186 @@ class SamplingEngine:
         if request.request_id < 0:
             request.request_id = next(self._counter) % (2**31 - 1)
         session.context.extend(request.new_tokens)
-        todo = session.context[session.cached :]
+        return True
+
+    def _prefill(self, started: list[tuple[_Request, _Session]]) -> None:
+        """Prefills what each started request's slot lacks, together; takes the first draws."""
+        if self.prefix_reuse:
+            fresh = [session for _, session in started if session.cached == 0]
+            self._reuse_held(fresh)
+            self._share_prefixes(fresh)
+        rows = [
+            _Row(s.slot, s.context[s.cached :], s.cached, r.request_id)  # type: ignore[arg-type]
+            for r, s in started
+        ]
+        draws = self._run_rows(rows)
+        for (request, session), draw in zip(started, draws, strict=True):
+            assert session.slot is not None and draw is not None
+            session.cached = len(session.context)
+            self._running[session.slot] = request
+            self._token_index[session.slot] = 0
+            self._request_ids[session.slot] = request.request_id
+            self._accept(request, session, [draw], self._epoch)
+
+    def _reusable(self) -> np.ndarray:
+        """``[B]`` leading tokens of each row computed under the current weights."""
+        return np.where(self._held_epoch == self._epoch, self._held_len, 0)
+
+    def _reuse_held(self, sessions: list[_Session]) -> None:
+        """Starts each new session from the longest reusable prefix any row holds.
+
+        Decided on one snapshot of the rows and copied in one call before anything is written,
+        so a row may serve as a source while its own new session overwrites it later.
+        """
+        reusable = self._reusable()
+        copies: list[tuple[int, int, int]] = []
+        for session in sessions:
+            assert session.slot is not None
+            prompt = np.asarray(session.context[:-1], np.int32)
+            lengths = _common_prefix(self._held[:, : prompt.size], prompt, reusable)
+            own, best = int(lengths[session.slot]), int(np.argmax(lengths))
+            if lengths[best] - own >= self.min_shared_prefix:
+                copies.append((best, session.slot, int(lengths[best])))
+                session.cached = int(lengths[best])
+            else:
+                session.cached = own
+                self._held_len[session.slot] = min(self._held_len[session.slot], own)
+            self.stats.reused_tokens += session.cached
+        self._copy(copies)
+
+    def _share_prefixes(self, sessions: list[_Session]) -> None:
+        """Prefills each prefix several new sessions share once and copies it to the others."""
+        prompts = [np.asarray(s.context[:-1], np.int32) for s in sessions]
+        for level in _plan_shares(prompts, self.min_shared_prefix):
+            rows: list[_Row] = []
+            copies: list[tuple[int, int, int]] = []
+            for members, shared in level:
+                group = [sessions[m] for m in members]
+                leader = max(group, key=lambda s: s.cached)  # the member holding the most
+                assert leader.slot is not None
+                if leader.cached < shared:
+                    rows.append(
+                        _Row(leader.slot, leader.context[leader.cached : shared], leader.cached)
+                    )
+                    leader.cached = shared
+                for session in group:
+                    if session.cached < shared:
+                        assert session.slot is not None
+                        copies.append((leader.slot, session.slot, shared))
+                        self.stats.reused_tokens += shared - session.cached
+                        session.cached = shared
+            self._run_rows(rows)
+            self._copy(copies)
+
+    def _run_rows(self, rows: list[_Row]) -> list[tuple[Any, Any, Any] | None]:
+        """Prefills the rows (distinct slots); returns the draw after each row's last token.
+
+        Rows longer than the largest bucket go in chunks of it. In each round of chunks, the
+        rows whose chunk needs the same bucket share calls of up to ``prefill_rows`` rows; rows
+        without a ``request_id`` get no draw (None) and cost no device-to-host copy.
+        """
+        # Epoch before weights: `set_params` writes the weights first, so a new epoch read here
+        # implies new weights, and KV is never recorded under a newer epoch than computed it.
+        epoch = self._epoch
+        state = self._state
         largest = max(self.config.prefill_buckets)
-        assert session.slot is not None
-        for begin in range(0, len(todo), largest):
-            chunk = todo[begin : begin + largest]
-            padded = np.zeros((1, self.config.bucket_for(len(chunk))), np.int32)
-            padded[0, : len(chunk)] = chunk
-            self._cache, token, logp, model_logp = prefill_chunk(
-                self._graphdef,
-                self._state,
-                self._cache,
-                padded,
-                slot=jnp.int32(session.slot),
-                start=jnp.int32(session.cached + begin),
-                num_real=jnp.int32(len(chunk)),
-                base_key=self._key,
-                request_id=jnp.int32(request.request_id),
-                **self._sampling,
-            )
-        session.cached = len(session.context)
-        self._running[session.slot] = request
-        self._token_index[session.slot] = 0
-        self._request_ids[session.slot] = request.request_id
-        self._accept(request, session, [(token[0], logp[0], model_logp[0])])
+        calls: list[tuple[Any, list[tuple[int, int]]]] = []  # outputs, (row, index in call)
+        for offset in range(0, max((len(r.tokens) for r in rows), default=0), largest):
+            by_bucket: dict[int, list[int]] = {}
+            for i, row in enumerate(rows):
+                left = len(row.tokens) - offset
+                if left > 0:
+                    by_bucket.setdefault(self.config.bucket_for(min(left, largest)), []).append(i)
+            for bucket, same in by_bucket.items():
+                for first in range(0, len(same), self.prefill_rows):
+                    members = same[first : first + self.prefill_rows]
+                    outputs = self._prefill_call(state, bucket, [rows[i] for i in members], offset)
+                    last = [
+                        (i, j)
+                        for j, i in enumerate(members)
+                        if len(rows[i].tokens) - offset <= largest
+                        and rows[i].request_id is not None
+                    ]
+                    calls.append((outputs, last))
+        draws: list[tuple[Any, Any, Any] | None] = [None] * len(rows)
+        for outputs, last in calls:
+            if last:
+                tokens, logps, model_logps = (np.asarray(x) for x in outputs)
+                for i, j in last:
+                    draws[i] = (tokens[j], logps[j], model_logps[j])
+        for row in rows:
+            self._hold(row.slot, row.start, row.tokens, epoch)
+        return draws
+
+    def _prefill_call(
+        self, state: Any, bucket: int, rows: list[_Row], offset: int
+    ) -> tuple[Any, Any, Any]:
+        """One device call: chunk ``offset`` of each row, padded to ``bucket`` tokens."""
+        largest = max(self.config.prefill_buckets)
+        size = row_bucket(len(rows), self.prefill_rows)
+        tokens = np.zeros((size, bucket), np.int32)
+        slots = np.full(size, self.num_slots, np.int32)  # padding rows write nowhere
+        starts = np.zeros(size, np.int32)
+        num_real = np.zeros(size, np.int32)
+        request_ids = np.zeros(size, np.int32)
+        for j, row in enumerate(rows):
+            chunk = row.tokens[offset : offset + largest]
+            tokens[j, : len(chunk)] = chunk
+            slots[j], starts[j], num_real[j] = row.slot, row.start + offset, len(chunk)
+            request_ids[j] = row.request_id or 0
+        self.stats.prefilled_tokens += int(num_real.sum())
+        self.stats.prefill_calls += 1
+        self._cache, *outputs = prefill_chunk(
+            self._graphdef,
+            state,
+            self._cache,
+            tokens,
+            slots=slots,
+            starts=starts,
+            num_real=num_real,
+            base_key=self._key,
+            request_ids=request_ids,
+            **self._sampling,
+        )
+        return tuple(outputs)  # type: ignore[return-value]
+
+    def _copy(self, copies: list[tuple[int, int, int]]) -> None:
+        """Copies ``(source, target, length)`` rows in one call and records what targets hold."""
+        if not copies:
+            return
+        size = row_bucket(len(copies), self.num_slots)
+        sources = np.zeros(size, np.int32)
+        targets = np.full(size, self.num_slots, np.int32)  # padding pairs write nowhere
+        lengths = np.zeros(size, np.int32)
+        for j, copy in enumerate(copies):
+            sources[j], targets[j], lengths[j] = copy
+        self._cache = copy_rows(self._cache, sources=sources, targets=targets, lengths=lengths)
+        self.stats.copy_calls += 1
+        # All reads before all writes, as on the device: a target may be another pair's source.
+        held = [(self._held[src, :n].copy(), self._held_epoch[src]) for src, _, n in copies]
+        for (_, target, length), (tokens, epoch) in zip(copies, held, strict=True):
+            self._held[target, :length] = tokens
+            self._held_len[target] = length
+            self._held_epoch[target] = epoch
+
+    def _hold(self, slot: int, start: int, tokens: Sequence[int], epoch: int) -> None:
+        """Records that ``tokens`` were written into ``slot`` from ``start`` under ``epoch``."""
+        if not tokens:
+            return
+        end = start + len(tokens)
+        self._held[slot, start:end] = tokens
+        if start == 0:
+            self._held_epoch[slot] = epoch
+        if start <= self._held_len[slot] and self._held_epoch[slot] == epoch:
+            self._held_len[slot] = end
+        else:  # the run of one epoch's tokens ends where other weights' tokens begin
+            self._held_len[slot] = min(self._held_len[slot], start)
 
     def _dispatch_decode(self) -> tuple[Any, ...]:
         """One decode call over all slots; returns host arrays ``[steps, B]`` (thread-safe)."""
         active = np.zeros(self.num_slots, bool)
         active[list(self._running)] = True
-        version = self._version
+        version, epoch = self._version, self._epoch  # before the weights (see `_run_rows`)
         self._cache, tokens, logps, model_logps = decode_steps(
             self._graphdef,
             self._state,
@@ -421,20 +723,25 @@ class SamplingEngine:
             num_steps=self.decode_steps_per_call,
             **self._sampling,
         )
-        return version, np.asarray(tokens), np.asarray(logps), np.asarray(model_logps)
+        return version, epoch, np.asarray(tokens), np.asarray(logps), np.asarray(model_logps)
 
     def _consume(self, outputs: tuple[Any, ...]) -> None:
-        version, tokens, logps, model_logps = outputs
+        version, epoch, tokens, logps, model_logps = outputs
         for slot, request in list(self._running.items()):
             request.result.policy_version = min(request.result.policy_version, version)
             session = self._sessions[request.session_id]
             steps = zip(tokens[:, slot], logps[:, slot], model_logps[:, slot], strict=True)
-            self._accept(request, session, list(steps))
+            self._accept(request, session, list(steps), epoch)
 
-    def _accept(self, request: _Request, session: _Session, draws: list[Any]) -> None:
-        """Appends draws to the request until it stops; delivers it if it did."""
+    def _accept(self, request: _Request, session: _Session, draws: list[Any], epoch: int) -> None:
+        """Appends draws to the request until it stops; delivers it if it did.
+
+        ``epoch`` is the weights epoch of the call that fed the tokens written now.
+        """
         assert request.stopper is not None and session.slot is not None
         result = request.result
+        fed_from = session.cached
+        stopped = False
         for token, logp, model_logp in draws:
             token = int(token)
             reason = request.stopper.push(token)
@@ -445,12 +752,15 @@ class SamplingEngine:
             session.sampled += 1
             if reason is not None:
                 result.stop_reason = reason
-                # The final token was sampled but never fed: the cache holds all but it.
-                session.cached = len(session.context) - 1
-                del self._running[session.slot]
-                self._finish(request, session)
-                return
+                stopped = True
+                break
+        # The last token was sampled but not fed yet: the cache holds all but it.
         session.cached = len(session.context) - 1
+        self._hold(session.slot, fed_from, session.context[fed_from : session.cached], epoch)
+        if stopped:
+            del self._running[session.slot]
+            self._finish(request, session)
+            return
         self._last[session.slot] = result.tokens[-1]
         self._token_index[session.slot] = len(result.tokens) - 1
 

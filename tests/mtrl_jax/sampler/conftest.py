@@ -2,6 +2,8 @@
 
 Every engine built through :func:`make_engine` has the same slot count, cache length and
 buckets, so tests share the compiled prefill and decode programs (one set per sampling mode).
+Its prefill batches all slots' rows (``prefill_rows=NUM_SLOTS``, not the CPU default of 1), so
+the batched path is what the tests check.
 """
 
 from __future__ import annotations
@@ -45,7 +47,14 @@ def model(checkpoint: Checkpoint) -> Any:
 def make_engine(model: Any) -> Any:
     """``make_engine(seed=0, **config) -> SamplingEngine`` with the shared shapes."""
 
-    def make(seed: int = 0, *, steps: int = 1, **config: Any) -> SamplingEngine:
+    def make(
+        seed: int = 0,
+        *,
+        steps: int = 1,
+        prefix_reuse: bool = True,
+        prefill_rows: int = NUM_SLOTS,
+        **config: Any,
+    ) -> SamplingEngine:
         cfg = SamplerConfig(prefill_buckets=BUCKETS, **config)
         return SamplingEngine(
             model,
@@ -55,6 +64,8 @@ def make_engine(model: Any) -> Any:
             config=cfg,
             key=jax.random.key(seed),
             decode_steps_per_call=steps,
+            prefix_reuse=prefix_reuse,
+            prefill_rows=prefill_rows,
         )
 
     return make

@@ -1,4 +1,4 @@
-"""Compile-once checks: prefill compiles once per bucket, decoding once per engine shape."""
+"""Compile-once checks: prefill compiles once per (bucket, row bucket), decoding once per engine."""
 
 from __future__ import annotations
 
@@ -6,10 +6,22 @@ import asyncio
 from typing import Any
 
 import jax
+import numpy as np
 from flax import nnx
 
-from mtrl_jax.sampler import SamplerConfig, SamplingEngine, decode_steps, prefill_chunk
+from mtrl_jax.sampler import (
+    SamplerConfig,
+    SamplingEngine,
+    copy_rows,
+    decode_steps,
+    prefill_chunk,
+    row_bucket,
+)
 from tests.mtrl_jax.sampler.conftest import prompts
+
+
+def _counts() -> tuple[int, int, int]:
+    return prefill_chunk._cache_size(), copy_rows._cache_size(), decode_steps._cache_size()
 
 
 def test_engine__compiled_programs_bounded_by_buckets(model: Any) -> None:
@@ -21,11 +33,22 @@ def test_engine__compiled_programs_bounded_by_buckets(model: Any) -> None:
         max_len=56,
         config=SamplerConfig(temperature=0.0, prefill_buckets=(4, 16)),
         key=jax.random.key(0),
+        prefill_rows=2,
     )
-    before = prefill_chunk._cache_size(), decode_steps._cache_size()
+    assert {row_bucket(n, 2) for n in (1, 2)} == {1, 2}
+    before = _counts()
     lengths = tuple(range(1, 41, 3))  # 1..40: both buckets, chunked prefill past 16
     engine.generate_batch(prompts(lengths), max_new_tokens=5)
-    # New weights of the same shapes, and multi-turn sessions, reuse the same programs.
+    # Rows of 1 and 2 (slots refilled one at a time, and two at a time) in both buckets.
+    assert np.subtract(_counts(), before).tolist() == [4, 0, 1]
+    # Sessions sharing a 20-token prefix: copies of one row (the group) and ...
+    (shared,) = prompts((20,), seed=1)
+    tails = prompts((3, 3, 3, 3), seed=2)
+    engine.generate_batch([shared + t for t in tails], max_new_tokens=3)
+    # ... new weights of the same shapes, multi-turn sessions and the same workloads again
+    # reuse the same programs: 2 bucketed prefill sizes x 2 row buckets, copies of 1 or 2 rows.
+    mid = _counts()
+    assert 1 <= mid[1] - before[1] <= 2
     _, state = nnx.split(model)
     engine.set_params(jax.tree.map(lambda x: x * 1.01, state), version=1)
 
@@ -35,5 +58,6 @@ def test_engine__compiled_programs_bounded_by_buckets(model: Any) -> None:
             assert result.policy_version == 1
 
     asyncio.run(turns())
-    after = prefill_chunk._cache_size(), decode_steps._cache_size()
-    assert (after[0] - before[0], after[1] - before[1]) == (2, 1)
+    engine.generate_batch(prompts(lengths), max_new_tokens=5)
+    engine.generate_batch([shared + t for t in tails], max_new_tokens=3)
+    assert _counts() == mid
