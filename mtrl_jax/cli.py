@@ -17,6 +17,12 @@ Hugging Face folder (``config.json``) or a training run folder (``checkpoints/``
 intact checkpoint is loaded onto the run's base model. ``--env sop-bench:DOMAIN_DIR`` evaluates
 a SOP-Bench domain (evaluation only; never trainable).
 
+``mtrl train`` first calls :func:`mtrl_jax.distributed.initialize_from_env`: with the
+``MTRL_COORDINATOR``/``MTRL_NUM_PROCESSES``/``MTRL_PROCESS_ID`` variables set, every process
+runs the same command and the config's ``mesh`` counts the devices of all processes. (The
+trainer itself still refuses to run in more than one process: its sampler and checkpointer are
+single-process; ``python -m mtrl_jax.distributed train-step-check`` checks a cluster.)
+
 Jobs that do work print their result as the last stdout line, in JSON. Bad input (an invalid
 config, a missing folder, an evaluation-only environment named for training) is reported on one
 stderr line with exit status 2. Each subcommand imports what it needs when it runs, so
@@ -101,6 +107,14 @@ def _rate(value: float | None) -> str:
 
 def _train(argv: list[str]) -> dict[str, Any]:
     args = _config_parser("mtrl train", "RL training of one run config").parse_args(argv)
+    from mtrl_jax.distributed import initialize_from_env
+
+    # Before any device is touched: with MTRL_COORDINATOR etc. set, jax.devices() (and hence
+    # the config's mesh) spans every process; unset, this does nothing.
+    try:
+        initialize_from_env()
+    except ValueError as err:  # malformed MTRL_* variables: bad input, one line
+        raise UsageError(str(err)) from None
     cfg = _load_run_config(args.args)
     from mtrl_jax.trainer import Trainer
 

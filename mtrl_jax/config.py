@@ -2,7 +2,8 @@
 
 A run is described by one :class:`RunConfig`, a tree of frozen ``kw_only`` dataclasses: the
 sections defined here plus the learner's own configs (:class:`SamplerConfig`,
-:class:`RolloutConfig`, :class:`TrainConfig`, :class:`PackingConfig`). It is built from
+:class:`RolloutConfig`, :class:`TrainConfig`, :class:`PackingConfig`, and
+:class:`~mtrl_jax.sharding.ShardingConfig` for mesh shapes). It is built from
 plain data by :func:`from_dict`, which is strict: an unknown key names its dotted path and the
 closest valid key, a value of the wrong type names the path, the expected type and what it got,
 and each section's ``__post_init__`` check is reported with the section's path.
@@ -42,6 +43,7 @@ from mtrl_jax.configlib import (
 from mtrl_jax.packing import PackingConfig
 from mtrl_jax.rollout.engine import RolloutConfig
 from mtrl_jax.sampler.config import SamplerConfig
+from mtrl_jax.sharding import ShardingConfig
 from mtrl_jax.train_step import TrainConfig
 
 __all__ = [  # the schema, the loader, and the generic helpers re-exported from configlib
@@ -50,6 +52,7 @@ __all__ = [  # the schema, the loader, and the generic helpers re-exported from 
     "EngineConfig",
     "EnvConfig",
     "EvalConfig",
+    "MeshConfig",
     "ModelConfig",
     "RunConfig",
     "SFTConfig",
@@ -272,6 +275,53 @@ class AsyncConfig:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class MeshConfig:
+    """Devices of the run: the training mesh and where the sampler runs.
+
+    The default (every axis 1, colocated) trains and samples on the first device without a
+    mesh, whatever ``jax.devices()`` holds. Any other setting must use every device of
+    ``jax.devices()`` (all processes' in a multi-process run): the training mesh's devices,
+    plus the sampler's with ``disjoint``. The trainer checks the count when it starts
+    (``mtrl_jax.sharding.make_run_meshes``).
+
+    Attributes:
+        train: sizes of the training mesh's ``data``, ``fsdp`` and ``tensor`` axes
+            (``mtrl_jax.sharding``); batch rows are split over ``data * fsdp``.
+        sampler: ``colocated``: the sampler shares the training mesh (weights laid out as the
+            train state's; rollout and training take turns on the same devices).
+            ``disjoint``: the sampler has its own devices, the ones after the training mesh's
+            in ``jax.devices()`` order; each update's weights are copied over to them, and in
+            ``async`` mode generation and training run at the same time.
+        sampler_mesh: axis sizes of the sampler's own mesh (``disjoint`` only; its product is
+            the number of sampling devices). ``data``/``fsdp`` split the KV-cache slots,
+            ``tensor`` the heads.
+    """
+
+    train: ShardingConfig = dataclasses.field(default_factory=ShardingConfig)
+    sampler: Literal["colocated", "disjoint"] = "colocated"
+    sampler_mesh: ShardingConfig = dataclasses.field(default_factory=ShardingConfig)
+
+    def __post_init__(self) -> None:
+        _check_choice("sampler", self.sampler, ("colocated", "disjoint"))
+        if self.sampler == "colocated" and self.sampler_mesh != ShardingConfig():
+            raise ValueError(
+                "sampler_mesh is only used with sampler: disjoint (colocated sampling uses the "
+                "training mesh)"
+            )
+
+    @property
+    def single_device(self) -> bool:
+        """The default: one device, no mesh."""
+        return self.sampler == "colocated" and self.train.num_devices == 1
+
+    @property
+    def num_devices(self) -> int:
+        """Devices the run uses: the training mesh's, plus the sampler's when disjoint."""
+        disjoint = self.sampler_mesh.num_devices if self.sampler == "disjoint" else 0
+        return self.train.num_devices + disjoint
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class EvalConfig:
     """Held-out evaluation.
 
@@ -420,6 +470,7 @@ class RunConfig:
         train: loss, optimizer and micro-batching.
         packing: how trajectories become ``[B, T]`` rows.
         async_: rollout/training overlap; YAML key ``async`` (a Python keyword).
+        mesh: the training mesh and the sampler's placement (default: one device).
         eval: held-out evaluation.
         checkpoint: checkpointing.
         tracking: MLflow tracking.
@@ -438,6 +489,7 @@ class RunConfig:
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     packing: PackingConfig = dataclasses.field(default_factory=lambda: PackingConfig(seq_len=1024))
     async_: AsyncConfig = dataclasses.field(default_factory=AsyncConfig, metadata={"yaml": "async"})
+    mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
     tracking: TrackingConfig = dataclasses.field(default_factory=TrackingConfig)
@@ -469,6 +521,12 @@ class RunConfig:
             fail(
                 f"packing.rows_multiple ({self.packing.rows_multiple}) must be a multiple of "
                 f"train.num_micro_batches ({self.train.num_micro_batches})"
+            )
+        rows_ways = self.mesh.train.data * self.mesh.train.fsdp
+        if self.packing.rows_multiple % rows_ways:
+            fail(
+                f"packing.rows_multiple ({self.packing.rows_multiple}) must be a multiple of "
+                f"mesh.train.data * mesh.train.fsdp ({rows_ways}): batch rows are split over them"
             )
         advantage = self.rollout.advantage
         if advantage.estimator == "pass_at_k" and advantage.k > self.rollout.group_size:

@@ -19,7 +19,8 @@ replicated.
 
 The train step itself is layout-agnostic (``mtrl_jax.train_step``): :func:`make_sharded_train_step`
 jits the *same* python step function with explicit in/out shardings, and XLA's sharding
-propagation inserts the collectives.
+propagation inserts the collectives; :func:`make_sharded_logprob_fn` does the same for the
+log-prob forward that recomputes old log-probs.
 
 :func:`shard_sampler` places a ``SamplingEngine``'s weights (by the same rules) and its KV cache
 (slots over ``("data", "fsdp")``, KV heads by the ``kv_heads`` rule) on a mesh; the sampler's
@@ -27,14 +28,18 @@ compiled programs then run SPMD and draw the same tokens as on one device.
 
 :func:`estimate_memory` gives a per-device budget before anything is allocated.
 
+A run's devices (:func:`make_run_meshes`): the sampler either shares the training mesh
+(*colocated*, time-shared) or gets its own devices after the training ones (*disjoint*), so
+generation and training can run at the same time; trained weights then reach the sampler by
+``jax.device_put`` onto the sampler mesh's shardings (a copy across device sets).
+
 Multi-process meshes (``mtrl_jax.distributed``): after ``jax.distributed.initialize`` a mesh over
 ``jax.devices()`` spans every process. :func:`shard_train_state` and :func:`shard_batch` then
 expect every process to pass the *same* host values (``jax.device_put`` keeps each process's
 addressable shards of them), and the step runs unchanged. The sampler is single-process only.
 
-Non-goals (later): disjoint sampler/trainer device sets, per-process batches (each host feeding
-only its own rows), multi-process sampling, restoring a checkpoint onto a different mesh,
-sequence/context parallelism, pipeline stages.
+Non-goals (later): per-process batches (each host feeding only its own rows), multi-process
+sampling, sequence/context parallelism, pipeline stages.
 """
 
 from __future__ import annotations
@@ -51,8 +56,14 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from mtrl_jax.models import DecoderConfig
 from mtrl_jax.models.attention import KVCache
-from mtrl_jax.train_step import Metrics, TrainConfig, TrainState, make_train_step
-from mtrl_jax.types import TrainBatch
+from mtrl_jax.train_step import (
+    Metrics,
+    TrainConfig,
+    TrainState,
+    make_logprob_fn,
+    make_train_step,
+)
+from mtrl_jax.types import Array, TrainBatch
 
 if TYPE_CHECKING:
     from mtrl_jax.sampler import SamplingEngine
@@ -122,6 +133,41 @@ def make_mesh(cfg: ShardingConfig, devices: Sequence[jax.Device] | None = None) 
         )
     grid = np.asarray(devices, dtype=object).reshape(cfg.data, cfg.fsdp, cfg.tensor)
     return Mesh(grid, MESH_AXES)
+
+
+def make_run_meshes(
+    train: ShardingConfig,
+    sampler: ShardingConfig | None = None,
+    devices: Sequence[jax.Device] | None = None,
+) -> tuple[Mesh, Mesh]:
+    """The training mesh and the sampler's mesh of one run.
+
+    The training mesh takes the first ``train.num_devices`` devices; a disjoint sampler mesh
+    (``sampler`` given) takes the rest. Together they must use every device: a device left
+    out is almost always a typo in the mesh shape, and costs as much as a used one.
+
+    Args:
+        train: the training mesh's axis sizes.
+        sampler: the sampler mesh's axis sizes, or None to sample on the training mesh.
+        devices: the devices to split (default: ``jax.devices()``, every process's).
+
+    Returns:
+        ``(train_mesh, sampler_mesh)``; the same mesh twice when ``sampler`` is None.
+
+    Raises:
+        ValueError: the device counts do not add up to ``len(devices)`` (a one-line message).
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    wanted = train.num_devices + (0 if sampler is None else sampler.num_devices)
+    if wanted != len(devices):
+        parts = f"train {train.shape} = {train.num_devices}"
+        if sampler is not None:
+            parts += f" + sampler {sampler.shape} = {sampler.num_devices}"
+        raise ValueError(f"mesh needs {parts} devices in all, but there are {len(devices)}")
+    train_mesh = make_mesh(train, devices[: train.num_devices])
+    if sampler is None:
+        return train_mesh, train_mesh
+    return train_mesh, make_mesh(sampler, devices[train.num_devices :])
 
 
 def validate_rules(rules: Rules, mesh: Mesh) -> None:
@@ -252,6 +298,40 @@ def make_sharded_train_step(
         return compiled[key](state, batch)
 
     return sharded_step
+
+
+def make_sharded_logprob_fn(
+    graphdef: nnx.GraphDef,
+    chunk_size: int,
+    state: TrainState,
+    mesh: Mesh,
+    rules: Rules | None = None,
+) -> Callable[[nnx.State, nnx.State, TrainBatch], Array]:
+    """``make_logprob_fn``'s ``(params, rest, batch) -> logp [B, T]``, with explicit shardings.
+
+    Inputs take the train state's layout and :func:`batch_sharding`; the log-probs come out
+    with the batch's row sharding, so they drop into a sharded batch (``old_logp``) that the
+    sharded train step accepts without a copy.
+
+    Args:
+        graphdef: the model's graphdef from ``init_train_state``.
+        chunk_size: vocabulary-chunked log-prob chunk (``TrainConfig.chunk_size``).
+        state: a train state of the run (its structure and metadata give the shardings).
+        mesh: the device mesh.
+        rules: logical-axis rules (default :data:`DEFAULT_RULES`).
+    """
+    jitted = make_logprob_fn(graphdef, chunk_size)
+    fn = getattr(jitted, "__wrapped__", jitted)
+    rows = batch_sharding(mesh)
+    return jax.jit(
+        fn,
+        in_shardings=(
+            param_shardings(state.params, mesh, rules),
+            param_shardings(state.rest, mesh, rules),
+            rows,
+        ),
+        out_shardings=rows,
+    )
 
 
 # ----------------------------------------------------------------------------- sampler

@@ -32,7 +32,18 @@ One :class:`Trainer` runs one :class:`~mtrl_jax.config.RunConfig`:
    ``staleness/*``, ``perf/*`` and the token accounting ``tokens/*`` (this step) and
    ``tokens_total/*`` (cumulative); traces of ``tracking.log_episodes`` episodes per step;
    the step's trajectories as a JSONL artifact.
-7. **Evaluation watch**: before training, every ``eval.every`` steps and at the end, the
+7. **Devices** (``mesh``). By default everything runs on the first device, without a mesh.
+   Otherwise the train state is sharded over the ``mesh.train`` mesh
+   (:func:`~mtrl_jax.sharding.shard_train_state`), each packed batch's rows over its ``data``
+   and ``fsdp`` axes, and the update and the async recomputation of old log-probs are jitted
+   with those shardings. The sampler (and the evaluation's) is placed with
+   :func:`~mtrl_jax.sharding.shard_sampler` on the training mesh (``colocated``: rollout and
+   training take turns on the same devices) or on devices of its own (``disjoint``); after
+   each update the new weights are ``jax.device_put`` onto the sampler's shardings, and in
+   ``async`` mode the producer samples on its devices while the learner trains on the others.
+   Checkpoints are saved from the sharded state and restored onto the run's mesh, whatever
+   mesh wrote them.
+8. **Evaluation watch**: before training, every ``eval.every`` steps and at the end, the
    held-out split is played with the evaluation's own sampler settings and scored by the
    external evaluator (``eval/*``). When the training reward rose over the last
    ``eval.hack_window`` evaluations while the held-out success did not, the trainer warns:
@@ -60,24 +71,37 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh
 
 from mtrl_gym import ensure_trainable
 from mtrl_jax.checkpoint import Checkpointer, key_from_json, key_to_json
-from mtrl_jax.config import RunConfig, flatten, to_dict
+from mtrl_jax.config import ConfigError, RunConfig, flatten, to_dict
 from mtrl_jax.eval_job import EvalSettings, Evaluator, full_state
 from mtrl_jax.evaluation import summarize
 from mtrl_jax.packing import pack_trajectories
 from mtrl_jax.rollout.engine import RolloutBatch, RolloutEngine, run_blocking
+from mtrl_jax.sampler import PrefillStats
 from mtrl_jax.sampler.engine import SamplingEngine
+from mtrl_jax.sharding import (
+    make_run_meshes,
+    make_sharded_logprob_fn,
+    make_sharded_train_step,
+    param_shardings,
+    shard_batch,
+    shard_sampler,
+    shard_train_state,
+)
 from mtrl_jax.tasks import TaskStream, count_tasks, env_factory, first_tasks
 from mtrl_jax.tracking import Tracker, make_tracker
-from mtrl_jax.train_step import init_train_state, make_logprob_fn, make_train_step
+from mtrl_jax.train_step import TrainState, init_train_state, make_logprob_fn, make_train_step
 from mtrl_jax.trajectory import TrajectoryRecord
-from mtrl_jax.types import Trajectory
+from mtrl_jax.types import TrainBatch, Trajectory
 
 log = logging.getLogger(__name__)
 
-# Metrics that depend on wall-clock time; everything else is reproducible across a resume.
+# Metrics that depend on wall-clock time or thread scheduling (which requests the sampler
+# admitted together decides how much prompt it shared); everything else is reproducible
+# across a resume.
 TIMING_PREFIXES = ("perf/", "rollout/episode_s", "rollout/sample_s")
 
 
@@ -105,7 +129,11 @@ def _staleness(trajectories: list[Trajectory], version: int) -> np.ndarray:
 
 
 def _token_metrics(records: list[TrajectoryRecord]) -> dict[str, float]:
-    """This round's token accounting: prefilled prompt/env tokens, generated tokens."""
+    """This round's token accounting: prompt/env tokens read, generated tokens.
+
+    Tokens read are input tokens as an API prices them; ``perf/prefill_tokens`` (set by
+    ``_collect``) is what the sampler actually ran after sharing prefixes.
+    """
     total = sum(len(r.tokens) for r in records)
     generated = sum(int(r.loss_mask.sum()) for r in records)
     return {"tokens/prefilled": float(total - generated), "tokens/generated": float(generated)}
@@ -150,6 +178,8 @@ class Trainer:
         from mtrl_jax.models import load_pretrained, load_tokenizer  # heavy imports, lazily
 
         self.cfg = cfg
+        # Before anything is loaded: a mesh that does not fit the devices is a config error.
+        self.train_mesh, self.sampler_mesh = self._meshes()
         self.run_dir = cfg.run_dir
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.progress = progress
@@ -168,9 +198,23 @@ class Trainer:
         self.tokenizer = load_tokenizer(self.model_path)
         model = load_pretrained(self.model_path, dtype=cfg.model.dtype)
         self.eos_token_id = int(model.config.eos_token_id)
-        self.graphdef, self.state = init_train_state(model, cfg.train)
-        self.train_step = make_train_step(self.graphdef, cfg.train)
-        self.logprob_fn = make_logprob_fn(self.graphdef, cfg.train.chunk_size)
+        self.graphdef, state = init_train_state(model, cfg.train)
+        self.state = self._place(state)
+        if self.train_mesh is None:
+            self.train_step = make_train_step(self.graphdef, cfg.train)
+            self.logprob_fn = make_logprob_fn(self.graphdef, cfg.train.chunk_size)
+        else:
+            self.train_step = make_sharded_train_step(self.graphdef, cfg.train, self.train_mesh)
+            self.logprob_fn = make_sharded_logprob_fn(
+                self.graphdef, cfg.train.chunk_size, self.state, self.train_mesh
+            )
+        # Disjoint sampler devices: where each update's weights are copied to.
+        self._to_sampler: tuple[Any, Any] | None = None
+        if self.sampler_mesh is not None and self.sampler_mesh is not self.train_mesh:
+            self._to_sampler = (
+                param_shardings(self.state.params, self.sampler_mesh),
+                param_shardings(self.state.rest, self.sampler_mesh),
+            )
         self.version = 0
         self.step = 0
         self.tasks = TaskStream(count_tasks(self.make_train_env), seed=cfg.seed)
@@ -191,6 +235,7 @@ class Trainer:
             key=self.sample_key,
             decode_steps_per_call=cfg.engine.decode_steps_per_call,
         )
+        self._place_sampler(self.sampler)
         self.rollout = RolloutEngine(self.sampler, self.tokenizer, self.make_train_env, cfg.rollout)
         self._evaluator: Evaluator | None = None
         self.checkpointer = Checkpointer(
@@ -203,6 +248,39 @@ class Trainer:
         self.resumed = resumed is not None
 
     # ------------------------------------------------------------------------------ setup
+
+    def _meshes(self) -> tuple[Mesh | None, Mesh | None]:
+        """``(train mesh, sampler mesh)``; ``(None, None)`` for the default single device."""
+        if jax.process_count() > 1:  # `mtrl train` initializes multi-process JAX from env vars
+            raise NotImplementedError(
+                f"the trainer runs in one process, not {jax.process_count()}: its sampler and "
+                "checkpointer are single-process"
+            )
+        m = self.cfg.mesh
+        if m.single_device:
+            return None, None
+        try:
+            meshes = make_run_meshes(m.train, m.sampler_mesh if m.sampler == "disjoint" else None)
+        except ValueError as err:
+            raise ConfigError(f"mesh: {err}") from None
+        train, sampler = meshes
+        log.info("training mesh %s; sampler mesh %s (%s)", train.shape, sampler.shape, m.sampler)
+        return meshes
+
+    def _place(self, state: TrainState) -> TrainState:
+        """The train state laid out on the training mesh (as it is without one)."""
+        return state if self.train_mesh is None else shard_train_state(state, self.train_mesh)
+
+    def _place_batch(self, batch: TrainBatch) -> TrainBatch:
+        """A host batch on the device(s): rows split over the mesh's data axes, if any."""
+        if self.train_mesh is None:
+            return jax.tree.map(jnp.asarray, batch)
+        return shard_batch(batch, self.train_mesh)
+
+    def _place_sampler(self, engine: SamplingEngine) -> None:
+        """Lays a sampling engine's weights and KV cache out on the sampler mesh, if any."""
+        if self.sampler_mesh is not None:
+            shard_sampler(engine, self.sampler_mesh)
 
     def _model_path(self) -> Path:
         if self.cfg.model.path is not None:
@@ -229,7 +307,9 @@ class Trainer:
 
     def _restore(self) -> dict[str, Any] | None:
         """Resumes from the newest intact checkpoint, if any (a corrupt one is skipped)."""
-        found = self.checkpointer.restore_latest(self.state)
+        mesh = self.train_mesh  # onto this run's mesh, whatever mesh saved the checkpoint
+        shardings = None if mesh is None else param_shardings(self.state, mesh)
+        found = self.checkpointer.restore_latest(self.state, shardings=shardings)
         if found is None:
             return None
         self.state, meta, step = found
@@ -245,7 +325,16 @@ class Trainer:
         return meta
 
     def _sampler_model(self) -> nnx.Module:
-        return full_state(self.graphdef, self.state.params, self.state.rest)
+        """The current weights as a decoder for a sampler, in buffers of its own.
+
+        The train step donates the state's buffers, so a sampler must never hold them: on the
+        training devices they are copied; on disjoint sampler devices the transfer is the copy
+        (``set_params`` then finds them already in the sampler's layout).
+        """
+        if self._to_sampler is None:
+            return full_state(self.graphdef, self.state.params, self.state.rest)
+        params, rest = jax.device_put((self.state.params, self.state.rest), self._to_sampler)
+        return nnx.merge(self.graphdef, params, rest)
 
     @property
     def evaluator(self) -> Evaluator:
@@ -271,6 +360,7 @@ class Trainer:
                 settings,
                 stop_token_ids=self.rollout.stop_token_ids,
             )
+            self._place_sampler(self._evaluator.engine)
         return self._evaluator
 
     # -------------------------------------------------------------------------- warm start
@@ -320,9 +410,10 @@ class Trainer:
         if bar is not None:
             bar.close()
         # RL starts from the warm-started weights with a fresh optimiser state.
-        _, self.state = init_train_state(
+        _, state = init_train_state(
             nnx.merge(self.graphdef, sft_state.params, sft_state.rest), self.cfg.train
         )
+        self.state = self._place(state)
         self.sampler.set_params(self._sampler_model(), self.version)
         return history
 
@@ -383,7 +474,12 @@ class Trainer:
         tasks = self.tasks.take(self.cfg.env.tasks_per_step)
         position = self.tasks.position
         self.sampler.set_key(jax.random.fold_in(self.sample_key, step))
+        self.sampler.stats = PrefillStats()
         batch = run_blocking(self.rollout.collect(tasks, step=step))
+        # Prompt compute as the sampler did it: shared prefixes are prefilled once per round
+        # (how much depends on which episodes reached the sampler together: a perf metric).
+        batch.metrics["perf/prefill_tokens"] = float(self.sampler.stats.prefilled_tokens)
+        batch.metrics["perf/prefix_reused_tokens"] = float(self.sampler.stats.reused_tokens)
         return _Round(step, batch, time.perf_counter() - start, position)
 
     def _run_sync(self) -> None:
@@ -472,7 +568,7 @@ class Trainer:
             self.step += 1
             return
         packed, info = pack_trajectories(trajectories, cfg.packing)
-        packed = jax.tree.map(jnp.asarray, packed)
+        packed = self._place_batch(packed)
         if recompute_old:  # pi_old is the learner's current policy; mu stays the sampler's
             packed = packed.replace(
                 old_logp=self.logprob_fn(self.state.params, self.state.rest, packed)

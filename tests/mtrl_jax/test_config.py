@@ -199,6 +199,10 @@ def test_from_dict__literal_does_not_accept_equal_values_of_another_type() -> No
         (["env.kwargs={split: dev}"], "env: kwargs must not set 'split'"),
         (["name=a/b"], "name: must be one folder name"),
         (["train.num_micro_batches=3"], "packing.rows_multiple (8) must be a multiple of"),
+        (["mesh.train.fsdp=0"], "mesh.train: mesh axis 'fsdp' must be a positive int, got 0"),
+        (["mesh.sampler=remote"], "mesh.sampler: expected one of 'colocated', 'disjoint'"),
+        (["mesh.sampler_mesh.data=2"], "mesh: sampler_mesh is only used with sampler: disjoint"),
+        (["mesh.train.data=3"], "packing.rows_multiple (8) must be a multiple of mesh.train.data"),
         (
             ["rollout.advantage.estimator=pass_at_k", "rollout.advantage.k=9"],
             "rollout.advantage.k (9) must be <= rollout.group_size (8)",
@@ -209,6 +213,20 @@ def test_load_config__post_init_violation_names_section(overrides: list, message
     with pytest.raises(ConfigError) as info:
         load_config("quickstart", overrides)
     assert str(info.value).startswith(message), str(info.value)
+
+
+def test_load_config__mesh_section_counts_training_and_sampler_devices() -> None:
+    assert RunConfig().mesh.single_device and RunConfig().mesh.num_devices == 1
+    colocated = load_config("quickstart", ["mesh.train={fsdp: 4, tensor: 2}"]).mesh
+    assert not colocated.single_device and colocated.num_devices == 8
+    disjoint = load_config(
+        "quickstart",
+        ["mesh.train.fsdp=2", "mesh.sampler=disjoint", "mesh.sampler_mesh={data: 2, tensor: 3}"],
+    ).mesh
+    assert (disjoint.train.fsdp, disjoint.sampler_mesh.tensor) == (2, 3)
+    assert not disjoint.single_device and disjoint.num_devices == 2 + 6
+    # One training device and one sampling device is a mesh too (two devices, not one).
+    assert not load_config(None, ["mesh.sampler=disjoint"]).mesh.single_device
 
 
 def test_from_dict__missing_required_key_is_named() -> None:

@@ -187,6 +187,15 @@ def test_trainer__resume_reproduces_every_step_metric(resume_runs, step):
     assert_same_metrics(full[step], resumed[step], f"step {step}")
 
 
+def test_trainer__shared_prompt_prefixes_are_prefilled_once_per_round(resume_runs):
+    for step, metrics in resume_runs["full_steps"].items():
+        read, computed = metrics["tokens/prefilled"], metrics["perf/prefill_tokens"]
+        # Every episode of a round starts with the same system prompt: the sampler runs it
+        # once and copies it, so it computes far fewer prompt tokens than the episodes read.
+        assert 0 < computed < read / 2, (step, computed, read)
+        assert metrics["perf/prefix_reused_tokens"] > 0
+
+
 def test_trainer__resume_reproduces_final_weights_and_optimizer(resume_runs, base_model):
     from mtrl_jax.models import load_pretrained
 
