@@ -190,10 +190,11 @@ def test_trainer__resume_reproduces_every_step_metric(resume_runs, step):
 def test_trainer__shared_prompt_prefixes_are_prefilled_once_per_round(resume_runs):
     for step, metrics in resume_runs["full_steps"].items():
         read, computed = metrics["tokens/prefilled"], metrics["perf/prefill_tokens"]
+        reused = metrics["perf/prefix_reused_tokens"]
         # Every episode of a round starts with the same system prompt: the sampler runs it
-        # once and copies it, so it computes far fewer prompt tokens than the episodes read.
-        assert 0 < computed < read / 2, (step, computed, read)
-        assert metrics["perf/prefix_reused_tokens"] > 0
+        # once and copies it, so it computes fewer prompt tokens than the episodes read; each
+        # token read was computed or reused (sampled tokens fed back count too).
+        assert 0 < computed < read <= computed + reused, (step, computed, reused, read)
 
 
 def test_trainer__resume_reproduces_final_weights_and_optimizer(resume_runs, base_model):
