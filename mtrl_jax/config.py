@@ -427,6 +427,9 @@ class SFTConfig:
             not allowed otherwise).
         seq_len: row length of the SFT batches (None: ``packing.seq_len``). Demonstrations
             have similar lengths; a row just longer than one of them wastes no slots.
+        answers: with ``oracle`` demonstrations: ``oracle`` keeps the oracle's final answers,
+            ``shuffled`` gives each task another task's answer, so the warm start teaches the
+            protocol but not the decision (see ``mtrl_jax.demonstrations.oracle_records``).
     """
 
     steps: int = 0
@@ -436,8 +439,10 @@ class SFTConfig:
     demo_source: Literal["oracle", "trajectories"] = "oracle"
     trajectories: str | None = None
     seq_len: int | None = None
+    answers: Literal["oracle", "shuffled"] = "oracle"
 
     def __post_init__(self) -> None:
+        _check_choice("answers", self.answers, ("oracle", "shuffled"))
         if self.seq_len is not None and self.seq_len < 2:
             raise ValueError(f"seq_len must be >= 2 or null, got {self.seq_len}")
         if self.steps < 0 or self.batch_size < 1:

@@ -12,16 +12,21 @@ Demonstration tokens were not sampled, so their log-probs are 0 and their policy
 (the learner's ``nll`` objective ignores both). Records of evaluation-only environments are
 refused (:func:`mtrl_gym.ensure_trainable`): benchmark data never becomes training data.
 
+``answers="shuffled"`` keeps the oracle's tool calls but gives each task another task's final
+answer: a warm start that teaches the protocol and leaves the decision for RL to learn.
+
 Non-goals: demonstrations from people or other models (record them as trajectories and use
 ``read_trajectories``), filtering by quality (the oracle solves every task; this is checked).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Literal
 
 import gymnasium as gym
+import numpy as np
 
 from mtrl_gym import ensure_trainable
 from mtrl_jax.rollout.sequence import ChatTokenizer, EpisodeSequence
@@ -44,6 +49,7 @@ def oracle_records(
     stop_token_id: int,
     max_steps: int = 64,
     seed: int = 0,
+    answers: Literal["oracle", "shuffled"] = "oracle",
 ) -> list[TrajectoryRecord]:
     """Plays the environment's oracle on each task and records the episodes.
 
@@ -54,7 +60,14 @@ def oracle_records(
         stop_token_id: The end-of-turn token appended to each scripted message (the sampler's
             stop token, e.g. ``<|im_end|>``).
         max_steps: Safety bound on turns per episode.
-        seed: Reset seed of every episode (environments are deterministic given the task).
+        seed: Reset seed of every episode (environments are deterministic given the task);
+            also seeds the shuffle of ``answers="shuffled"``.
+        answers: ``oracle`` keeps the oracle's final answers. ``shuffled`` keeps its tool calls
+            but gives each task the final answer the oracle gave another task (a seeded
+            permutation over ``tasks``): the answers keep their overall distribution but no
+            longer depend on what the tools returned. A warm start on these learns the
+            protocol (format, which tools, copying ids) and not the decision, which RL then
+            has to learn from the reward. Such records are scored as played (mostly reward 0).
 
     Returns:
         One record per task, with ``reward``, ``eval`` and ``status`` from the environment.
@@ -64,15 +77,35 @@ def oracle_records(
         ValueError: the environment has no oracle, or the oracle failed a task (a bug in the
             environment: demonstrations must be correct).
     """
+    if answers not in ("oracle", "shuffled"):
+        raise ValueError(f"answers must be 'oracle' or 'shuffled', got {answers!r}")
+    tasks = [dict(options) for options in tasks]
     env = make_env()
     try:
         ensure_trainable(env)
-        records = []
-        for options in tasks:
-            records.append(_play(env, dict(options), tokenizer, stop_token_id, max_steps, seed))
+        records = [_play(env, o, tokenizer, stop_token_id, max_steps, seed) for o in tasks]
+        if answers == "shuffled":
+            finals = [_final_answer(r) for r in records]
+            order = np.random.default_rng(seed).permutation(len(records))
+            records = [
+                _play(env, o, tokenizer, stop_token_id, max_steps, seed, final=finals[j])
+                for o, j in zip(tasks, order, strict=True)
+            ]
     finally:
         env.close()
     return records
+
+
+_FINAL_RE = re.compile(r"<final_output>(.*?)</final_output>", re.DOTALL)
+
+
+def _final_answer(record: TrajectoryRecord) -> str:
+    """The JSON text of the record's final answer (as the oracle wrote it)."""
+    for msg in reversed(record.messages):
+        found = _FINAL_RE.search(msg.get("content") or "") if msg["role"] == "assistant" else None
+        if found:
+            return found.group(1)
+    raise ValueError(f"the oracle gave no final answer on task {record.task_id}")
 
 
 def _play(
@@ -82,7 +115,10 @@ def _play(
     stop_token_id: int,
     max_steps: int,
     seed: int,
+    *,
+    final: str | None = None,
 ) -> TrajectoryRecord:
+    """One scripted episode; ``final`` replaces the JSON of the oracle's final answer."""
     observation, info = env.reset(seed=seed, options=options)
     task_id = info.get("task_id")
     policy = env.unwrapped.oracle_policy()  # type: ignore[attr-defined]
@@ -95,12 +131,15 @@ def _play(
         if steps == max_steps:
             raise ValueError(f"oracle exceeded {max_steps} turns on {task_id}")
         seq.add_messages(info.get("messages", []))
-        text = seq.add_sample(_scripted_turn(tokenizer, policy(observation, info), stop_token_id))
+        action = policy(observation, info)
+        if final is not None:
+            action = _FINAL_RE.sub(lambda _: f"<final_output>{final}</final_output>", action)
+        text = seq.add_sample(_scripted_turn(tokenizer, action, stop_token_id))
         observation, reward, terminated, truncated, info = env.step(text)
         tool_calls += info.get("tool_calls", [])
         done, steps = terminated or truncated, steps + 1
     evaluation = info.get("eval") or {}
-    if not evaluation.get("success", reward > 0):
+    if final is None and not evaluation.get("success", reward > 0):
         raise ValueError(f"the oracle failed task {task_id}: {evaluation}")
     arrays = seq.arrays()
     return TrajectoryRecord(

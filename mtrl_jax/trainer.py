@@ -378,7 +378,11 @@ class Trainer:
                 raise ValueError("oracle demonstrations need an environment that lists its tasks")
             tasks = first_tasks(n, s.demo_tasks)
             records = oracle_records(
-                self.make_train_env, tasks, self.tokenizer, stop_token_id=self.eos_token_id
+                self.make_train_env,
+                tasks,
+                self.tokenizer,
+                stop_token_id=self.eos_token_id,
+                answers=s.answers,
             )
         else:
             assert s.trajectories is not None  # checked by the config

@@ -3,7 +3,10 @@
 ``load_tokenizer`` wraps transformers' ``AutoTokenizer`` for a local folder (chat templates,
 ``apply_chat_template(..., tools=...)`` and all). ``train_tokenizer`` builds a byte-level BPE
 with the ChatML/Hermes special tokens and :data:`CHAT_TEMPLATE`, used by ``make_default`` for the
-quickstart model; byte-level means any text round-trips, even text unseen in training.
+quickstart model; byte-level means any text round-trips, even text unseen in training. Digits are
+split one per token (as Qwen's tokenizers do), so an id such as ``P342`` is always ``P 3 4 2``:
+copying it is the same operation for every id, which a tiny model learns far sooner than copying
+whatever BPE chunks ("3 42", "34 2") the merges happened to make.
 
 The chat template follows the Qwen2.5/Hermes conventions the environments speak
 (``mtrl_gym.formats.hermes``): tool schemas are listed in the system turn inside ``<tools>``,
@@ -124,8 +127,14 @@ def train_tokenizer(texts: Iterable[str], *, vocab_size: int = 2048) -> PreTrain
     from transformers import PreTrainedTokenizerFast
 
     bpe = Tokenizer(models.BPE())
-    # ByteLevel with the GPT-2 split regex: every byte has a symbol, so nothing is ever unknown.
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    # Digits one by one (as Qwen's tokenizers split them), then ByteLevel with the GPT-2 split
+    # regex: every byte has a symbol, so nothing is ever unknown.
+    bpe.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        ]
+    )
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,

@@ -60,14 +60,15 @@ def test_load_config__quickstart_values() -> None:
     cfg = load_config("quickstart")
     assert cfg.train.loss.policy_loss == "cispo"
     assert cfg.rollout.advantage.estimator == "grpo"
-    assert (cfg.sft.steps, cfg.steps, cfg.env.tasks_per_step) == (300, 20, 8)
+    assert (cfg.sft.steps, cfg.steps, cfg.env.tasks_per_step) == (600, 20, 8)
     assert (cfg.rollout.group_size, cfg.sampler.max_new_tokens, cfg.sampler.temperature) == (
         8,
         64,
         1.0,
     )
     assert cfg.model.path is None and cfg.env.id == "mtrl/SopQuickstart-v0"
-    assert cfg.sft.learning_rate == 1e-2  # written `1e-2` in the file: a float, not a string
+    assert cfg.sft.learning_rate == 3e-3  # written `3e-3` in the file: a float, not a string
+    assert cfg.sft.answers == "shuffled"
     assert cfg.run_dir == Path("runs") / "quickstart"
 
 

@@ -7,6 +7,7 @@ model is a one-layer decoder of width 32 so every compiled program is small.
 from __future__ import annotations
 
 import functools
+import json
 
 import gymnasium as gym
 import jax
@@ -59,6 +60,30 @@ def test_oracle_records__layout_matches_the_rendered_conversation(tokenizer, dem
         assert int(record.loss_mask.sum()) == sum(e - s for s, e in record.turn_spans)
         assert (record.policy_version[record.loss_mask == 0] == -1).all()
         assert not record.logprobs.any()
+
+
+def test_oracle_records__shuffled_answers_keep_the_tool_calls_and_permute_the_answers(
+    tokenizer, demos
+):
+    make_env = functools.partial(gym.make, ENV, split="train")
+    tasks = [{"task_index": i} for i in range(6)]
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    shuffled = oracle_records(make_env, tasks, tokenizer, stop_token_id=eos, answers="shuffled")
+    again = oracle_records(make_env, tasks, tokenizer, stop_token_id=eos, answers="shuffled")
+    assert [r.final_answer for r in shuffled] == [r.final_answer for r in again]  # seeded
+    oracle_answers = [d.final_answer["value"] for d in demos]
+    answers = [r.final_answer["value"] for r in shuffled]
+    assert sorted(map(str, answers)) == sorted(map(str, oracle_answers))  # a permutation
+    assert answers != oracle_answers  # 6 tasks, 4 answers: this seed moves some
+    for demo, record in zip(demos, shuffled, strict=True):
+        assert record.task_id == demo.task_id
+        assert record.tool_calls == demo.tool_calls  # the protocol is the oracle's
+        # The env scored the answer actually given: right only where it happens to match.
+        assert record.reward == float(record.final_answer["value"] == demo.final_answer["value"])
+        text = tokenizer.decode(record.tokens.tolist(), skip_special_tokens=False)
+        assert json.dumps(record.final_answer["value"]) in text
+    with pytest.raises(ValueError, match="answers"):
+        oracle_records(make_env, tasks, tokenizer, stop_token_id=eos, answers="random")
 
 
 def test_oracle_records__eval_only_environment_refused(tokenizer):
