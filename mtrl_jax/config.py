@@ -522,16 +522,19 @@ class RunConfig:
                 f"engine.max_len ({self.engine.max_len}) must be >= max(sampler.max_new_tokens, "
                 f"rollout.max_new_tokens) + 1 = {turn + 1}: one turn plus a prompt token"
             )
-        if self.packing.rows_multiple % self.train.num_micro_batches:
+        minibatches = self.train.minibatches
+        if self.packing.rows_multiple % (minibatches * self.train.num_micro_batches):
             fail(
                 f"packing.rows_multiple ({self.packing.rows_multiple}) must be a multiple of "
-                f"train.num_micro_batches ({self.train.num_micro_batches})"
+                f"train.num_micro_batches * train.minibatches "
+                f"({self.train.num_micro_batches * minibatches})"
             )
         rows_ways = self.mesh.train.data * self.mesh.train.fsdp
-        if self.packing.rows_multiple % rows_ways:
+        if self.packing.rows_multiple % (minibatches * rows_ways):
             fail(
                 f"packing.rows_multiple ({self.packing.rows_multiple}) must be a multiple of "
-                f"mesh.train.data * mesh.train.fsdp ({rows_ways}): batch rows are split over them"
+                f"mesh.train.data * mesh.train.fsdp * train.minibatches "
+                f"({rows_ways * minibatches}): each minibatch's rows are split over the mesh"
             )
         advantage = self.rollout.advantage
         if advantage.estimator == "pass_at_k" and advantage.k > self.rollout.group_size:

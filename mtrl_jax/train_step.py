@@ -96,16 +96,25 @@ class TrainConfig:
         optimizer: the update rule.
         num_micro_batches: gradient accumulation steps; must divide the batch rows ``B``.
         chunk_size: tokens per chunk when the model computes log-probs (bounds ``[T, V]``).
+        epochs: passes the trainer makes over each rollout round's batch (PPO epochs). Read by
+            the trainer's loop, not by the step.
+        minibatches: optimizer updates per pass, each on an equal share of the batch rows
+            (reshuffled every pass). After the first update the policy differs from the one
+            that sampled, which the loss's ratio and clipping account for.
     """
 
     loss: LossConfig = dataclasses.field(default_factory=LossConfig)
     optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
     num_micro_batches: int = 1
     chunk_size: int = 512
+    epochs: int = 1
+    minibatches: int = 1
 
     def __post_init__(self) -> None:
         if self.num_micro_batches < 1 or self.chunk_size < 1:
             raise ValueError("num_micro_batches and chunk_size must be >= 1")
+        if self.epochs < 1 or self.minibatches < 1:
+            raise ValueError("epochs and minibatches must be >= 1")
 
 
 @struct.dataclass

@@ -10,8 +10,10 @@ One :class:`Trainer` runs one :class:`~mtrl_jax.config.RunConfig`:
    trajectories (:mod:`mtrl_jax.sft`); RL then starts from those weights with a fresh optimiser.
 3. **RL steps.** Each step plays ``env.tasks_per_step`` tasks ``rollout.group_size`` times,
    computes group advantages (infrastructure failures excluded, never scored 0), packs the
-   trajectories and applies one update. The sampler gets a copy of the new weights and the
-   policy version goes up by one.
+   trajectories and updates the weights: once by default, or ``train.epochs`` passes of
+   ``train.minibatches`` updates each (PPO-style; the ratio to the sampling policy and the
+   loss's clipping bound how far the later updates move). The sampler then gets a copy of the
+   new weights and the policy version goes up by one.
 4. **Sync or async** (``async.mode``). Sync: rollout, then update, one after the other. Async:
    a producer thread keeps up to ``async.queue_size`` rounds ahead of the learner while the
    learner trains, so generation and training overlap. Every token carries the version that
@@ -49,8 +51,7 @@ One :class:`Trainer` runs one :class:`~mtrl_jax.config.RunConfig`:
    ``eval.hack_window`` evaluations while the held-out success did not, the trainer warns:
    that is how a reward the policy can satisfy without doing the task shows.
 
-Non-goals: several update epochs per round (one update per round keeps the loop simple and
-on-policy in sync mode), multi-environment mixtures, reward models.
+Non-goals: multi-environment mixtures, reward models.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ import sys
 import threading
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +139,19 @@ def _token_metrics(records: list[TrajectoryRecord]) -> dict[str, float]:
     total = sum(len(r.tokens) for r in records)
     generated = sum(int(r.loss_mask.sum()) for r in records)
     return {"tokens/prefilled": float(total - generated), "tokens/generated": float(generated)}
+
+
+def _update_metrics(updates: list[dict[str, Any]], epochs: int) -> dict[str, float]:
+    """One round's train-step metrics over its updates.
+
+    Token counts add up over the updates of one pass (``tokens/*`` summed, divided by the
+    passes); losses, ratios, norms and the rest are averaged over the updates.
+    """
+    out = {}
+    for key in updates[0]:
+        values = [float(u[key]) for u in updates]
+        out[key] = sum(values) / epochs if key.startswith("tokens/") else float(np.mean(values))
+    return out
 
 
 def _summary_metrics(summary: dict[str, Any], prefix: str) -> dict[str, float]:
@@ -546,7 +561,7 @@ class Trainer:
                 bar.close()
 
     def _learn(self, rnd: _Round, *, recompute_old: bool, wait_s: float = 0.0) -> None:
-        """One update from a round (a round with nothing left to train on counts as a step)."""
+        """The updates of a round (a round with nothing left to train on counts as a step)."""
         cfg, start = self.cfg, time.perf_counter()
         # Checkpoints store the position of the rounds *trained on*: rounds the async producer
         # sampled ahead are sampled again after a resume, never skipped.
@@ -572,18 +587,19 @@ class Trainer:
             self.step += 1
             return
         packed, info = pack_trajectories(trajectories, cfg.packing)
-        packed = self._place_batch(packed)
         if recompute_old:  # pi_old is the learner's current policy; mu stays the sampler's
-            packed = packed.replace(
-                old_logp=self.logprob_fn(self.state.params, self.state.rest, packed)
-            )
-        self.state, raw = self.train_step(self.state, packed)
-        metrics |= {k: float(v) for k, v in jax.device_get(raw).items()}
+            old = self.logprob_fn(self.state.params, self.state.rest, self._place_batch(packed))
+            packed = packed.replace(old_logp=np.asarray(jax.device_get(old)))
+        updates = []
+        for minibatch in self._minibatches(packed, rnd.step):
+            self.state, raw = self.train_step(self.state, self._place_batch(minibatch))
+            updates.append(jax.device_get(raw))
+        metrics |= _update_metrics(updates, cfg.train.epochs)
         metrics |= {k: float(v) for k, v in info.metrics.items()}
         self.version += 1
         self.sampler.set_params(self._sampler_model(), self.version)
         train_s = time.perf_counter() - start
-        metrics["tokens/trained"] = metrics.get("tokens/real", 0.0)
+        metrics["tokens/trained"] = metrics.get("tokens/real", 0.0) * cfg.train.epochs
         metrics |= {
             "perf/rollout_s": rnd.rollout_s,
             "perf/train_s": train_s,
@@ -597,6 +613,27 @@ class Trainer:
             self.evaluate()
         if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0:
             self.save()
+
+    def _minibatches(self, batch: TrainBatch, step: int) -> Iterator[TrainBatch]:
+        """The round's updates: ``train.epochs`` passes of ``train.minibatches`` row shares.
+
+        Rows are reshuffled every pass with a seed of (run seed, step, pass), so a resumed run
+        makes the same updates; a share holding only padding rows is skipped (Adam would still
+        move the weights on a zero gradient).
+        """
+        t = self.cfg.train
+        if t.epochs == 1 and t.minibatches == 1:
+            yield batch
+            return
+        rows = batch.tokens.shape[0]
+        size = rows // t.minibatches  # rows_multiple is a multiple of minibatches (config)
+        for epoch in range(t.epochs):
+            order = np.random.default_rng([self.cfg.seed, step, epoch]).permutation(rows)
+            for i in range(t.minibatches):
+                take = np.sort(order[i * size : (i + 1) * size])
+                minibatch = jax.tree.map(lambda x, take=take: x[take], batch)
+                if minibatch.loss_mask.any():
+                    yield minibatch
 
     def _staleness_metrics(self, staleness: np.ndarray, dropped: int) -> dict[str, float]:
         out = {

@@ -200,6 +200,12 @@ def test_from_dict__literal_does_not_accept_equal_values_of_another_type() -> No
         (["env.kwargs={split: dev}"], "env: kwargs must not set 'split'"),
         (["name=a/b"], "name: must be one folder name"),
         (["train.num_micro_batches=3"], "packing.rows_multiple (8) must be a multiple of"),
+        (
+            ["train.minibatches=4"],
+            "packing.rows_multiple (8) must be a multiple of train.num_micro_batches * "
+            "train.minibatches (16)",
+        ),
+        (["train.epochs=0"], "train: epochs and minibatches must be >= 1"),
         (["mesh.train.fsdp=0"], "mesh.train: mesh axis 'fsdp' must be a positive int, got 0"),
         (["mesh.sampler=remote"], "mesh.sampler: expected one of 'colocated', 'disjoint'"),
         (["mesh.sampler_mesh.data=2"], "mesh: sampler_mesh is only used with sampler: disjoint"),

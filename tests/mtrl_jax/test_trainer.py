@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 import warnings
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ from mtrl_jax.config import load_config
 from mtrl_jax.losses import POLICY_LOSSES
 from mtrl_jax.tracking import NullTracker
 from mtrl_jax.trainer import TIMING_PREFIXES, RewardHackingWarning, Trainer
+from mtrl_jax.types import TrainBatch
 
 EVAL_ONLY_ID = "mtrl-test/EvalOnlyQuickstart-v0"
 
@@ -195,6 +197,67 @@ def test_trainer__shared_prompt_prefixes_are_prefilled_once_per_round(resume_run
         # once and copies it, so it computes fewer prompt tokens than the episodes read; each
         # token read was computed or reused (sampled tokens fed back count too).
         assert 0 < computed < read <= computed + reused, (step, computed, reused, read)
+
+
+def _row_batch(rows: int, real: list[int]) -> TrainBatch:
+    """A ``[rows, 4]`` batch whose row ``i`` holds token ``i``; only rows in ``real`` train."""
+    ids = np.repeat(np.arange(rows, dtype=np.int32)[:, None], 4, axis=1)
+    mask = np.zeros((rows, 4), np.float32)
+    mask[real] = 1.0
+    zeros = np.zeros((rows, 4), np.float32)
+    return TrainBatch(
+        tokens=ids,
+        targets=ids,
+        positions=ids * 0,
+        segment_ids=(mask > 0).astype(np.int32),
+        loss_mask=mask,
+        advantages=zeros,
+        behaviour_logp=zeros,
+        old_logp=zeros,
+        policy_version=ids * 0,
+        ref_logp=None,
+    )
+
+
+def test_trainer__minibatches_cover_every_row_once_per_pass_and_skip_padding():
+    cfg = load_config(
+        "quickstart", ["train.epochs=3", "train.minibatches=4", "train.num_micro_batches=2"]
+    )
+    owner = types.SimpleNamespace(cfg=cfg)
+    batch = _row_batch(8, real=[0, 1, 2, 3, 4, 5])  # rows 6 and 7 are padding
+    shares = [mb.tokens[:, 0].tolist() for mb in Trainer._minibatches(owner, batch, 5)]
+    again = [mb.tokens[:, 0].tolist() for mb in Trainer._minibatches(owner, batch, 5)]
+    other_step = [mb.tokens[:, 0].tolist() for mb in Trainer._minibatches(owner, batch, 6)]
+    assert shares == again and shares != other_step  # seeded by the step: resumable
+    assert all(len(share) == 2 for share in shares)
+    # Each pass covers the real rows exactly once; a share of padding only is skipped.
+    flat = [r for share in shares for r in share]
+    assert sorted(r for r in flat if r < 6) == sorted(list(range(6)) * 3)
+    assert all(any(r < 6 for r in share) for share in shares)
+    assert 9 <= len(shares) <= 12  # 3 passes x 4 shares, less the padding-only ones
+    default = types.SimpleNamespace(cfg=load_config("quickstart"))
+    assert list(Trainer._minibatches(default, batch, 0)) == [batch]  # one update, as is
+
+
+def test_trainer__epochs_and_minibatches_apply_that_many_updates(out_dir, base_model):
+    overrides = tiny(out_dir, "ppo_epochs", base_model, "steps=2", "packing.rows_multiple=2")
+    trainer, tracker = make_trainer(
+        "quickstart_ppo", [*overrides, "train.epochs=2", "train.minibatches=2"]
+    )
+    seen: list[list[int]] = []
+    step_fn = trainer.train_step
+
+    def spy(state: Any, batch: Any) -> Any:
+        seen.append([int(x) for x in np.asarray(batch.loss_mask).sum(axis=1)])
+        return step_fn(state, batch)
+
+    trainer.train_step = spy
+    trainer.run()
+    assert int(trainer.state.step) == len(seen) and trainer.version == 2
+    # 2 rounds x 2 passes x 2 minibatches (4 one-row trajectories a round: no padding share).
+    assert len(seen) == 8 and all(len(rows) == 2 and all(rows) for rows in seen)
+    for metrics in tracker.steps().values():
+        assert metrics["tokens/trained"] == 2 * metrics["tokens/real"]
 
 
 def test_trainer__resume_reproduces_final_weights_and_optimizer(resume_runs, base_model):
