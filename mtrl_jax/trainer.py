@@ -287,7 +287,7 @@ class Trainer:
         return state if self.train_mesh is None else shard_train_state(state, self.train_mesh)
 
     def _place_batch(self, batch: TrainBatch) -> TrainBatch:
-        """A host batch on the device(s): rows split over the mesh's data axes, if any."""
+        """A host (or device) batch on the device(s): rows split over the mesh's data axes."""
         if self.train_mesh is None:
             return jax.tree.map(jnp.asarray, batch)
         return shard_batch(batch, self.train_mesh)
@@ -587,11 +587,14 @@ class Trainer:
             self.step += 1
             return
         packed, info = pack_trajectories(trajectories, cfg.packing)
+        packed = self._place_batch(packed)
         if recompute_old:  # pi_old is the learner's current policy; mu stays the sampler's
-            old = self.logprob_fn(self.state.params, self.state.rest, self._place_batch(packed))
-            packed = packed.replace(old_logp=np.asarray(jax.device_get(old)))
+            packed = packed.replace(
+                old_logp=self.logprob_fn(self.state.params, self.state.rest, packed)
+            )
         updates = []
         for minibatch in self._minibatches(packed, rnd.step):
+            # A row share gathered on the device is laid out again (no-op for the whole batch).
             self.state, raw = self.train_step(self.state, self._place_batch(minibatch))
             updates.append(jax.device_get(raw))
         metrics |= _update_metrics(updates, cfg.train.epochs)
@@ -632,7 +635,7 @@ class Trainer:
             for i in range(t.minibatches):
                 take = np.sort(order[i * size : (i + 1) * size])
                 minibatch = jax.tree.map(lambda x, take=take: x[take], batch)
-                if minibatch.loss_mask.any():
+                if bool(minibatch.loss_mask.any()):
                     yield minibatch
 
     def _staleness_metrics(self, staleness: np.ndarray, dropped: int) -> dict[str, float]:
