@@ -136,8 +136,8 @@ def _sft(argv: list[str]) -> dict[str, Any]:
 
     trainer = Trainer(cfg, progress=not args.no_progress)
     try:
-        history = trainer.warm_start()
-        out = trainer.export(trainer.run_dir / "sft_model")
+        history = trainer.warm_start()  # writes <run>/warm_start
+        out = trainer.run_dir / "warm_start"
     except BaseException:
         trainer.tracker.close("FAILED")
         raise

@@ -8,6 +8,8 @@ One :class:`Trainer` runs one :class:`~mtrl_jax.config.RunConfig`:
    before anything runs (:func:`mtrl_gym.ensure_trainable`).
 2. **Warm start** (``sft.steps > 0``): behaviour cloning on oracle demonstrations or recorded
    trajectories (:mod:`mtrl_jax.sft`); RL then starts from those weights with a fresh optimiser.
+   The warm-started weights are also written as an HF folder, ``<run>/warm_start``, so they
+   can be evaluated or exported like any model, and a resumed run finds its KL reference.
 3. **RL steps.** Each step plays ``env.tasks_per_step`` tasks ``rollout.group_size`` times,
    computes group advantages (infrastructure failures excluded, never scored 0), packs the
    trajectories and updates the weights: once by default, or ``train.epochs`` passes of
@@ -34,6 +36,9 @@ One :class:`Trainer` runs one :class:`~mtrl_jax.config.RunConfig`:
    ``staleness/*``, ``perf/*`` and the token accounting ``tokens/*`` (this step) and
    ``tokens_total/*`` (cumulative); traces of ``tracking.log_episodes`` episodes per step;
    the step's trajectories as a JSONL artifact.
+   With ``train.loss.kl_coef > 0`` each round also gets the log-probs of a frozen reference
+   policy, the weights RL started from (``<run>/warm_start`` after a warm start, else the
+   model), for the loss's KL penalty (``loss/kl``, ``policy/kl_ref``).
 7. **Devices** (``mesh``). By default everything runs on the first device, without a mesh.
    Otherwise the train state is sharded over the ``mesh.train`` mesh
    (:func:`~mtrl_jax.sharding.shard_train_state`), each packed batch's rows over its ``data``
@@ -240,6 +245,7 @@ class Trainer:
         ] = []  # per evaluation: step, train reward, eval success
         self.totals: dict[str, float] = {}  # cumulative token accounting
         self.last_metrics: dict[str, float] = {}  # the latest RL step's metrics
+        self.reference: tuple[nnx.State, nnx.State] | None = None  # KL reference (params, rest)
         self.train_reward = float("nan")  # the latest RL step's mean reward (for the watch)
         self.sampler = SamplingEngine(
             self._sampler_model(),  # its own copy: the train step donates the state's buffers
@@ -434,7 +440,28 @@ class Trainer:
         )
         self.state = self._place(state)
         self.sampler.set_params(self._sampler_model(), self.version)
+        self.export(self.run_dir / "warm_start")
         return history
+
+    def _load_reference(self) -> tuple[nnx.State, nnx.State]:
+        """The KL reference: the weights RL starts from, read from their HF folder.
+
+        Read from disk in the uninterrupted run as in a resumed one, so both use the same
+        reference weights (a resumed run never holds the warm start in memory).
+        """
+        from mtrl_jax.models import load_pretrained
+
+        warm = self.run_dir / "warm_start"
+        path = warm if (warm / "config.json").exists() else self.model_path
+        _, params, rest = nnx.split(
+            load_pretrained(path, dtype=self.cfg.model.dtype), nnx.Param, ...
+        )
+        if self.train_mesh is not None:
+            mesh = self.train_mesh
+            params, rest = jax.device_put(
+                (params, rest), (param_shardings(params, mesh), param_shardings(rest, mesh))
+            )
+        return params, rest
 
     # ------------------------------------------------------------------------------- loop
 
@@ -457,6 +484,8 @@ class Trainer:
                     )
                 before = self.evaluate()
                 self._say(f"held-out success before RL: {before.get('success_rate')}")
+            if cfg.train.loss.kl_coef > 0.0:
+                self.reference = self._load_reference()
             if cfg.async_.mode == "sync":
                 self._run_sync()
             else:
@@ -592,6 +621,8 @@ class Trainer:
             packed = packed.replace(
                 old_logp=self.logprob_fn(self.state.params, self.state.rest, packed)
             )
+        if self.reference is not None:
+            packed = packed.replace(ref_logp=self.logprob_fn(*self.reference, packed))
         updates = []
         for minibatch in self._minibatches(packed, rnd.step):
             # A row share gathered on the device is laid out again (no-op for the whole batch).

@@ -154,9 +154,17 @@ def resume_runs(out_dir: Path, base_model: Path) -> dict[str, Any]:
 
     The stopped run's folder is copied before it resumes (the copy serves the corruption test).
     An entropy bonus keeps the gradient non-zero although the untrained policy earns no reward,
-    so every update changes the weights and hence the later rollouts.
+    so every update changes the weights and hence the later rollouts. The runs warm-start and
+    pay a KL penalty to the warm start, so a resume must also find the same reference.
     """
-    extra = ("checkpoint.every=1", "train.loss.entropy_coef=0.01")
+    extra = (
+        "checkpoint.every=1",
+        "train.loss.entropy_coef=0.01",
+        "train.loss.kl_coef=0.05",
+        "sft.steps=2",
+        "sft.batch_size=2",
+        "sft.demo_tasks=2",
+    )
     full, full_tracker = make_trainer(
         "quickstart", tiny(out_dir, "full", base_model, *extra, "steps=4")
     )
@@ -187,6 +195,27 @@ def test_trainer__resume_reproduces_every_step_metric(resume_runs, step):
     full, resumed = resume_runs["full_steps"], resume_runs["resumed_steps"]
     assert sorted(full) == sorted(resumed) == [0, 1, 2, 3]
     assert_same_metrics(full[step], resumed[step], f"step {step}")
+
+
+def test_trainer__kl_penalty_is_measured_against_the_warm_start(resume_runs, base_model):
+    from flax import nnx
+
+    from mtrl_jax.models import load_pretrained
+
+    full = resume_runs["full"]
+    warm_folder = full.run_dir / "warm_start"
+    reference = leaves(full.reference[0])
+    warm = leaves(nnx.split(load_pretrained(warm_folder), nnx.Param, ...)[1])
+    base = leaves(nnx.split(load_pretrained(base_model), nnx.Param, ...)[1])
+    assert all(np.array_equal(a, b) for a, b in zip(reference, warm, strict=True))
+    assert any(not np.array_equal(a, b) for a, b in zip(reference, base, strict=True))
+    steps = resume_runs["full_steps"]
+    # Step 0 trains the warm start itself: the KL to it is zero up to float rounding.
+    assert abs(steps[0]["policy/kl_ref"]) < 1e-6
+    for step in (1, 2, 3):  # later rounds were sampled by updated weights
+        kl = steps[step]["policy/kl_ref"]
+        assert kl > 1e-6, (step, kl)
+        np.testing.assert_allclose(steps[step]["loss/kl"], 0.05 * kl, rtol=1e-5)
 
 
 def test_trainer__shared_prompt_prefixes_are_prefilled_once_per_round(resume_runs):
@@ -627,7 +656,7 @@ def test_mtrl_sft__writes_the_warm_started_model(out_dir, base_model):
     result, out, _ = run_cli(["sft", "quickstart", *overrides, "--no-progress"])
     assert json.loads(out.strip().splitlines()[-1]) == result
     folder = Path(result["model"])
-    assert folder == out_dir / "sft" / "sft_model" and result["steps"] == 2
+    assert folder == out_dir / "sft" / "warm_start" and result["steps"] == 2
     assert math.isfinite(result["loss"])
     warm, base = leaves(load_pretrained(folder)), leaves(load_pretrained(base_model))
     assert any(not np.array_equal(a, b) for a, b in zip(warm, base, strict=True))
