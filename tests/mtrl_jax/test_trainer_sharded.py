@@ -104,7 +104,10 @@ def assert_close_metrics(a: dict[str, float], b: dict[str, float], where: str) -
 
 def test_trainer_on_mesh__fsdp_tensor_colocated_matches_single_device(out_dir, base_model):
     skip_if_not_enough_devices(8)
-    common = ("steps=2", ENTROPY, "packing.rows_multiple=4")  # rows split over fsdp=4
+    # No KL term: in the first step it is the KL of the policy to its own weights, whose
+    # gradient is rounding noise that differs with the reduction order (the KL is tested in
+    # test_trainer and, placed on a mesh, in the disjoint tests below).
+    common = ("steps=2", ENTROPY, "packing.rows_multiple=4", "train.loss.kl_coef=0")
     single, single_tracker = make_trainer(tiny(out_dir, "mesh_ref", base_model, *common))
     single.run()
     sharded, sharded_tracker = make_trainer(
@@ -128,7 +131,7 @@ def test_trainer_on_mesh__fsdp_tensor_colocated_matches_single_device(out_dir, b
         assert_close_metrics(a[step], b[step], f"step {step}")
     # Weights agree to float32 rounding: the largest difference seen is 1 ulp at |w| ~ 1
     # (1.2e-7); atol covers weights near 0, whose relative error means nothing. Two AdamW
-    # steps of lr 3e-4 move weights by ~6e-4, so the check is far tighter than the updates.
+    # steps (warmup: lr 0 then 2e-4) move weights by ~2e-4, far more than the tolerance.
     base = leaves(nnx.state(load_base(base_model), nnx.Param))
     for x, y in zip(leaves(single.state.params), leaves(sharded.state.params), strict=True):
         np.testing.assert_allclose(y, x, rtol=1e-5, atol=1e-6)
