@@ -6,6 +6,13 @@ same batch, same prompt length, same number of new tokens, no stop conditions. E
 warmed up once (compilation, allocator) and then timed over ``--repeats`` runs; the best run
 counts. Tokens/s = batch x new tokens / seconds, prefill included on both sides.
 
+The record also places both against this machine's roofline, measured in the same run: the
+streaming read bandwidth (a numpy reduction over 512 MB, best of 5) and the fp32 matmul rate (a
+jitted 1024^3 matmul, best of 5). A decode step must read every weight and the live KV cache, and
+do ``2 x params x batch`` FLOPs (plus attention); its bound is the larger of bytes / bandwidth and
+FLOPs / matmul rate. Each sampler's time per decode step is its run time / new tokens (prefill
+included, so the fractions of the bound are slight underestimates).
+
 Usage: ``python benchmarks/bench_sampler.py [--batch 8 --prompt 32 --new 128]``. The last
 stdout line is JSON; it is also written to ``benchmarks/results/sampler_cpu.json``.
 """
@@ -51,6 +58,33 @@ def _best(fn: object, repeats: int) -> float:
     return min(times)
 
 
+def _roofline() -> dict[str, float]:
+    """This machine's streaming read bandwidth (GB/s) and fp32 matmul rate (GFLOP/s)."""
+    data = np.ones(128 * 2**20, np.float32)  # 512 MB: far beyond any cache
+    read_s = _best(lambda: float(data.sum()), 5)
+    n = 1024
+    a = jax.numpy.ones((n, n), jax.numpy.float32)
+    matmul = jax.jit(lambda x: x @ x)
+    matmul(a).block_until_ready()
+    mm_s = _best(lambda: matmul(a).block_until_ready(), 5)
+    return {
+        "read_gb_s": round(data.nbytes / read_s / 1e9, 2),
+        "matmul_gflop_s": round(2 * n**3 / mm_s / 1e9, 1),
+    }
+
+
+def _step_bound_s(params: int, batch: int, context: float, roof: dict[str, float]) -> float:
+    """Lower bound on one decode step: weights + KV cache read, or the matmul FLOPs."""
+    kv_per_token = (
+        CONFIG["num_hidden_layers"] * 2 * CONFIG["num_key_value_heads"] * CONFIG["head_dim"]
+    )
+    read = 4 * (params + batch * context * kv_per_token)  # fp32 bytes
+    flops = 2 * params * batch + 4 * batch * context * CONFIG["num_hidden_layers"] * (
+        CONFIG["num_attention_heads"] * CONFIG["head_dim"]
+    )
+    return max(read / (roof["read_gb_s"] * 1e9), flops / (roof["matmul_gflop_s"] * 1e9))
+
+
 def main() -> dict[str, object]:
     """Runs both samplers and returns the result record."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -94,6 +128,11 @@ def main() -> dict[str, object]:
     with tempfile.TemporaryDirectory() as folder:
         hf_model.save_pretrained(folder)
         model = load_pretrained(folder)
+    roof = _roofline()
+    params = sum(p.numel() for p in hf_model.parameters())  # tied embeddings counted once
+    bound_s = _step_bound_s(params, args.batch, args.prompt + args.new / 2, roof)
+    record["roofline"] = {**roof, "params": params, "decode_step_bound_ms": round(bound_s * 1e3, 3)}
+    record["transformers_fraction_of_bound"] = round(bound_s / (hf_s / args.new), 3)
     for steps in args.steps_per_call:
         engine = SamplingEngine(
             model,
@@ -113,6 +152,7 @@ def main() -> dict[str, object]:
         record[f"mtrl_steps{steps}_tokens_per_s"] = round(total / ours_s, 1)
         record[f"mtrl_steps{steps}_speedup"] = round(hf_s / ours_s, 2)
         record[f"mtrl_steps{steps}_token_agreement"] = float((ours_tokens == hf_tokens).mean())
+        record[f"mtrl_steps{steps}_fraction_of_bound"] = round(bound_s / (ours_s / args.new), 3)
     record["hardware"] = {
         "processor": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
