@@ -451,8 +451,12 @@ class Trainer:
         """
         from mtrl_jax.models import load_pretrained
 
-        warm = self.run_dir / "warm_start"
-        path = warm if (warm / "config.json").exists() else self.model_path
+        path = self.run_dir / "warm_start" if self.cfg.sft.steps > 0 else self.model_path
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(
+                f"the KL reference {path} is missing: a resumed warm-started run reads the warm "
+                "start from there (it was written before the first RL step)"
+            )
         _, params, rest = nnx.split(
             load_pretrained(path, dtype=self.cfg.model.dtype), nnx.Param, ...
         )
