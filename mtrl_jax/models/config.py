@@ -143,6 +143,9 @@ class DecoderConfig:
         remat_policy: per-block rematerialisation, one of :data:`REMAT_POLICY_NAMES`.
         attention_impl: ``"xla"`` (default, tested) or ``"cudnn"`` (UNVERIFIED: never run on a
             GPU in this repository's tests; see ``attention.py``).
+        attention_block: query block of the full (no-cache) forward on the ``xla`` path: each
+            block attends only to keys up to its end, skipping what causality masks anyway
+            (``attention.attend_causal_blocks``). 0 attends all ``T`` keys at once.
     """
 
     architecture: str
@@ -168,6 +171,7 @@ class DecoderConfig:
     param_dtype: str = "float32"
     remat_policy: str = "none"
     attention_impl: Literal["xla", "cudnn"] = "xla"
+    attention_block: int = 128
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
@@ -191,6 +195,8 @@ class DecoderConfig:
             )
         if self.attention_impl not in ATTENTION_IMPLS:
             raise ValueError(f"attention_impl must be one of {ATTENTION_IMPLS}")
+        if self.attention_block < 0:
+            raise ValueError(f"attention_block must be >= 0, got {self.attention_block}")
 
     @property
     def model_type(self) -> str:

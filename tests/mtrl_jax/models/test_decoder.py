@@ -20,6 +20,7 @@ from mtrl_jax.models import (
     init_cache,
     load_pretrained,
 )
+from mtrl_jax.models.attention import MaskInfo, attend, attend_causal_blocks
 from tests.mtrl_jax.models.helpers import VOCAB, random_tokens, run_forward
 
 T = 32
@@ -49,6 +50,58 @@ def test_decoder__packed_rows_equal_separate_rows(model):
     np.testing.assert_allclose(got[0, : len(a)], want[0, : len(a)], **close)
     np.testing.assert_allclose(got[0, len(a) : len(a) + len(b)], want[1, : len(b)], **close)
     assert np.isfinite(got).all()  # padding tokens attend to nothing, yet stay finite
+
+
+@pytest.mark.parametrize("t, block", [(300, 64), (256, 128), (40, 64)])
+def test_attend_causal_blocks__equals_full_attention_and_its_gradients(t, block):
+    # Packed row: three segments then padding; a second row with one segment. T need not be a
+    # multiple of the block, and T <= block is the plain path.
+    rng = np.random.default_rng(0)
+    b, n, k, h = 2, 4, 2, 8
+    q, kk, v = (jnp.asarray(rng.normal(size=(b, t, m, h)), jnp.float32) for m in (n, k, k))
+    cuts = sorted(rng.choice(np.arange(1, t - 4), 3, replace=False))
+    seg0 = np.zeros(t, np.int32)
+    for i, (lo, hi) in enumerate(zip([0, *cuts[:2]], cuts, strict=True)):
+        seg0[lo:hi] = i + 1
+    segments = jnp.asarray(np.stack([seg0, np.ones(t, np.int32)]))
+    slots = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32)[None], (b, t))
+    info = MaskInfo(slots, segments, slots, segments)
+
+    def full(q, kk, v):
+        return attend(q, kk, v, info.mask(), n // k)
+
+    def blocked(q, kk, v):
+        return attend_causal_blocks(q, kk, v, info, n // k, block=block)
+
+    # Padding queries attend to nothing: their outputs are finite but meaningless (a uniform
+    # average over whichever keys were computed), so only real queries are compared.
+    real = np.asarray(segments > 0)
+    close = {"rtol": 1e-5, "atol": 1e-6}
+    got = np.asarray(blocked(q, kk, v))
+    np.testing.assert_allclose(got[real], np.asarray(full(q, kk, v))[real], **close)
+    assert np.isfinite(got).all()
+    weights = jnp.asarray(rng.normal(size=(b, t, n, h)) * real[:, :, None, None], jnp.float32)
+    grads = [
+        jax.grad(lambda *a, f=f: (f(*a) * weights).sum(), argnums=(0, 1, 2))(q, kk, v)
+        for f in (blocked, full)
+    ]
+    for got, want in zip(*grads, strict=True):
+        np.testing.assert_allclose(got, want, **close)
+
+
+def test_decoder__blocked_attention_forward_equals_one_block(checkpoints):
+    # A packed row longer than several blocks: the model's full forward (training, log-probs)
+    # gives the same logits per block of 48 queries as with all keys at once.
+    path = checkpoints["qwen3_untied"].path
+    a, b = random_tokens((130,), seed=4), random_tokens((70,), seed=5)
+    tokens = np.concatenate([a, b])[None]
+    segments = np.array([[1] * len(a) + [2] * len(b)], np.int32)
+    positions = np.array([[*range(len(a)), *range(len(b))]], np.int32)
+    got, want = (
+        run_forward(load_pretrained(path, attention_block=block), tokens, positions, segments)
+        for block in (48, 0)
+    )
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -259,6 +312,7 @@ def test_init_cache__shapes_dtypes_and_empty_slots():
         ({"head_dim": 5}, "even"),
         ({"dtype": "int8"}, "dtype"),
         ({"remat_policy": "sometimes"}, "remat_policy"),
+        ({"attention_block": -1}, "attention_block"),
         ({"architecture": "GPT2LMHeadModel"}, "unsupported architecture 'GPT2LMHeadModel'"),
     ],
 )
