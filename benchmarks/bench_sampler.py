@@ -12,8 +12,10 @@ streaming read bandwidth (a numpy reduction over 512 MB, best of 5) and the fp32
 jitted 1024^3 matmul, best of 5). A decode step must read every weight and the live KV cache, and
 do ``2 x params x batch`` FLOPs (plus attention); its bound is the larger of bytes / bandwidth and
 FLOPs / matmul rate. Each sampler's time per decode step is its run time / new tokens (prefill
-included, so the fractions of the bound are slight underestimates). Small models at small batch
-sit far below the bound for both: there, per-step host overhead (Python, dispatch) decides.
+included, so the fractions of the bound are slight underestimates). The bandwidth is DRAM's: a
+model whose weights fit the last-level cache (32 MB on the machine of the committed result) can
+run above that bound. At batch 1 transformers' per-step host work (Python, dispatch) decides;
+our sampler runs several decode steps per jitted call.
 
 Usage: ``python benchmarks/bench_sampler.py [--models bench --batch 8 --prompt 32 --new 128]``.
 Each run's record goes to stderr as it finishes; the last stdout line is the whole JSON, also
