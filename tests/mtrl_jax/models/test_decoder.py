@@ -89,6 +89,26 @@ def test_attend_causal_blocks__equals_full_attention_and_its_gradients(t, block)
         np.testing.assert_allclose(got, want, **close)
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_attend__one_query_path_equals_the_einsum_path(dtype):
+    # A decode step (T = 1) takes the multiply-and-reduce path; with T = 2 the same first query
+    # goes through the einsums. Row 2 has every key masked (finite, uniform over the keys).
+    rng = np.random.default_rng(1)
+    b, s, n, k, h = 3, 37, 4, 2, 16
+    q = jnp.asarray(rng.normal(size=(b, 2, n, h)), dtype)
+    kk, v = (jnp.asarray(rng.normal(size=(b, s, k, h)), dtype) for _ in range(2))
+    mask = rng.random((b, 2, s)) < 0.6
+    mask[2] = False
+    mask = jnp.asarray(mask)
+    got = attend(q[:, :1], kk, v, mask[:, :1], n // k)
+    want = attend(q, kk, v, mask, n // k)[:, :1]
+    assert got.dtype == dtype and np.isfinite(np.asarray(got, np.float32)).all()
+    tol = 1e-6 if dtype == jnp.float32 else 1e-2
+    np.testing.assert_allclose(
+        np.asarray(got, np.float32), np.asarray(want, np.float32), rtol=tol, atol=tol
+    )
+
+
 def test_decoder__blocked_attention_forward_equals_one_block(checkpoints):
     # A packed row longer than several blocks: the model's full forward (training, log-probs)
     # gives the same logits per block of 48 queries as with all keys at once.
