@@ -52,10 +52,10 @@ def test_decoder__packed_rows_equal_separate_rows(model):
     assert np.isfinite(got).all()  # padding tokens attend to nothing, yet stay finite
 
 
-@pytest.mark.parametrize("t, block", [(300, 64), (256, 128), (40, 64)])
+@pytest.mark.parametrize("t, block", [(300, 64), (256, 128), (40, 64), (300, 8)])
 def test_attend_causal_blocks__equals_full_attention_and_its_gradients(t, block):
     # Packed row: three segments then padding; a second row with one segment. T need not be a
-    # multiple of the block, and T <= block is the plain path.
+    # multiple of the block, T <= block is the plain path, and 300 / 8 is capped to 16 blocks.
     rng = np.random.default_rng(0)
     b, n, k, h = 2, 4, 2, 8
     q, kk, v = (jnp.asarray(rng.normal(size=(b, t, m, h)), jnp.float32) for m in (n, k, k))
