@@ -21,15 +21,13 @@ import argparse
 import dataclasses
 import functools
 import json
-import os
-import platform
-import time
 from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from _record import best_seconds, hardware, save
 from flax import nnx
 
 from mtrl_jax.models import Decoder
@@ -48,15 +46,6 @@ def _grad_fn(config: Any) -> Any:
         return model.token_logprobs(tokens, jnp.roll(tokens, -1, axis=1)).sum()
 
     return jax.jit(jax.grad(loss)), params
-
-
-def _best_s(fn: Any, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main() -> dict[str, Any]:
@@ -78,7 +67,7 @@ def main() -> dict[str, Any]:
         for block in [0, *args.blocks]:
             grad, params = _grad_fn(dataclasses.replace(base, attention_block=block))
             grads = jax.block_until_ready(grad(params, tokens))  # compile
-            seconds = _best_s(functools.partial(grad, params, tokens), args.repeats)
+            seconds = best_seconds(functools.partial(grad, params, tokens), args.repeats)
             record[f"block{block}_s"] = round(seconds, 4)
             if reference is None:
                 reference = grads
@@ -97,18 +86,9 @@ def main() -> dict[str, Any]:
         "work": "jitted grad of summed token log-probs (full forward + backward)",
         "repeats": args.repeats,
         "runs": runs,
-        "hardware": {
-            "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "load_average_1min": round(os.getloadavg()[0], 2),
-            "jax": jax.__version__,
-            "jax_backend": jax.default_backend(),
-        },
+        "hardware": hardware(),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result))
-    return result
+    return save(result, args.out)
 
 
 if __name__ == "__main__":

@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -31,6 +29,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from _record import hardware, save
 
 from mtrl_jax.config import load_config
 from mtrl_jax.models import load_pretrained, load_tokenizer
@@ -127,20 +126,9 @@ def main() -> dict[str, object]:
         # Timed rounds that met a new (bucket, rows) shape paid its compilation (2-4 s here);
         # only the batched engine has more than one row count.
         "prefill_programs_after_each_round": programs,
-        "hardware": {
-            "machine": "shared 2-core CPU" if os.cpu_count() == 2 else "CPU",
-            "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(),
-            # The machine is shared: a load average near the core count means noisy timings.
-            "load_average_1min": round(os.getloadavg()[0], 2),
-            "jax": jax.__version__,
-            "jax_backend": jax.default_backend(),
-        },
+        "hardware": hardware(machine="shared 2-core CPU" if os.cpu_count() == 2 else "CPU"),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2) + "\n")
-    print(json.dumps(record))
-    return record
+    return save(record, args.out)
 
 
 if __name__ == "__main__":

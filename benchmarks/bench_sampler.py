@@ -26,11 +26,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +35,7 @@ import jax
 import numpy as np
 import torch
 import transformers
+from _record import best_seconds, hardware, save
 
 from mtrl_jax.models import load_pretrained
 from mtrl_jax.sampler import SamplerConfig, SamplingEngine
@@ -67,24 +65,15 @@ MODELS = {
 }
 
 
-def _best(fn: object, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()  # type: ignore[operator]
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
 def _roofline() -> dict[str, float]:
     """This machine's streaming read bandwidth (GB/s) and fp32 matmul rate (GFLOP/s)."""
     data = np.ones(128 * 2**20, np.float32)  # 512 MB: far beyond any cache
-    read_s = _best(lambda: float(data.sum()), 5)
+    read_s = best_seconds(lambda: float(data.sum()), 5)
     n = 1024
     a = jax.numpy.ones((n, n), jax.numpy.float32)
     matmul = jax.jit(lambda x: x @ x)
     matmul(a).block_until_ready()
-    mm_s = _best(lambda: matmul(a).block_until_ready(), 5)
+    mm_s = best_seconds(lambda: matmul(a).block_until_ready(), 5)
     return {
         "read_gb_s": round(data.nbytes / read_s / 1e9, 2),
         "matmul_gflop_s": round(2 * n**3 / mm_s / 1e9, 1),
@@ -129,7 +118,7 @@ def measure(
         return out[:, args.prompt :].numpy()
 
     hf_tokens = run_hf()
-    hf_s = _best(run_hf, args.repeats)
+    hf_s = best_seconds(run_hf, args.repeats)
     total = batch * args.new
     params = sum(p.numel() for p in hf_model.parameters())  # tied embeddings counted once
     bound_s = _step_bound_s(config, params, batch, args.prompt + args.new / 2, roof)
@@ -159,7 +148,7 @@ def measure(
             return [r.tokens for r in results]
 
         ours_tokens = np.asarray(run_ours())
-        ours_s = _best(run_ours, args.repeats)
+        ours_s = best_seconds(run_ours, args.repeats)
         record[f"mtrl_steps{steps}_tokens_per_s"] = round(total / ours_s, 1)
         record[f"mtrl_steps{steps}_speedup"] = round(hf_s / ours_s, 2)
         record[f"mtrl_steps{steps}_token_agreement"] = float((ours_tokens == hf_tokens).mean())
@@ -192,21 +181,12 @@ def main() -> dict[str, object]:
         f"speedup_steps{best}_min": min(r[f"mtrl_steps{best}_speedup"] for r in runs),
         f"speedup_steps{best}_max": max(r[f"mtrl_steps{best}_speedup"] for r in runs),
     }
-    record["hardware"] = {
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        # The machine is shared: a load average near the core count means noisy timings.
-        "load_average_1min": round(os.getloadavg()[0], 2),
-        "torch_threads": torch.get_num_threads(),
-        "jax": jax.__version__,
-        "jax_backend": jax.default_backend(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2) + "\n")
-    print(json.dumps(record))
-    return record
+    record["hardware"] = hardware(
+        torch_threads=torch.get_num_threads(),
+        torch=torch.__version__,
+        transformers=transformers.__version__,
+    )
+    return save(record, args.out)
 
 
 if __name__ == "__main__":
