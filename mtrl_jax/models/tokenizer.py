@@ -4,9 +4,14 @@
 ``apply_chat_template(..., tools=...)`` and all). ``train_tokenizer`` builds a byte-level BPE
 with the ChatML/Hermes special tokens and :data:`CHAT_TEMPLATE`, used by ``make_default`` for the
 quickstart model; byte-level means any text round-trips, even text unseen in training. Digits are
-split one per token (as Qwen's tokenizers do), so an id such as ``P342`` is always ``P 3 4 2``:
-copying it is the same operation for every id, which a tiny model learns far sooner than copying
-whatever BPE chunks ("3 42", "34 2") the merges happened to make.
+split one per token (as Qwen's tokenizers do), and a capital letter right before a digit is a token
+of its own, so an id such as ``P342`` is always ``P 3 4 2`` wherever it stands: in prose
+(`` P342``), in JSON (``"P342"``) or at the start of a line. Copying an id from the task into a tool
+call is then the same token-by-token operation for every id, which a tiny model learns far sooner
+than mapping between spellings (with digits split alone, BPE gave `` P`` in prose but ``P`` after a
+quote). Measured on the quickstart suite (SFT on the true oracle answers, 600 steps, tiny model,
+teacher-forced): every digit of the parcel id right in 0% of held-out demonstrations with digits
+split alone, 87% with the letter split too.
 
 The chat template follows the Qwen2.5/Hermes conventions the environments speak
 (``mtrl_gym.formats.hermes``): tool schemas are listed in the system turn inside ``<tools>``,
@@ -25,7 +30,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
 if TYPE_CHECKING:  # transformers imports torch: import it only when a tokenizer is needed
     from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
@@ -127,10 +132,12 @@ def train_tokenizer(texts: Iterable[str], *, vocab_size: int = 2048) -> PreTrain
     from transformers import PreTrainedTokenizerFast
 
     bpe = Tokenizer(models.BPE())
-    # Digits one by one (as Qwen's tokenizers split them), then ByteLevel with the GPT-2 split
-    # regex: every byte has a symbol, so nothing is ever unknown.
+    # An id's prefix letter alone (so " P342" and '"P342"' share the tokens P 3 4 2), digits one by
+    # one (as Qwen's tokenizers split them), then ByteLevel with the GPT-2 split regex: every byte
+    # has a symbol, so nothing is ever unknown.
     bpe.pre_tokenizer = pre_tokenizers.Sequence(
         [
+            pre_tokenizers.Split(Regex(r"\p{Lu}(?=\p{N})"), behavior="isolated"),
             pre_tokenizers.Digits(individual_digits=True),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
         ]

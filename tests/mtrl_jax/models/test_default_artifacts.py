@@ -149,3 +149,14 @@ def test_chat_template__one_more_turn_only_appends(tokenizer, episode):
 def test_load_tokenizer__missing_folder_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_tokenizer(tmp_path / "nope")
+
+
+@pytest.mark.parametrize("ident", ["P392", "U31", "O7", "P1004"])
+def test_tokenizer__an_id_has_the_same_tokens_in_prose_json_and_line_start(tokenizer, ident):
+    # The agent copies ids from the task text into JSON tool arguments: one letter token, then one
+    # token per digit, however the id is surrounded.
+    want = [ident[0], *ident[1:]]
+    for text in (f"parcel {ident} is late", f'{{"id": "{ident}"}}', ident):
+        pieces = [tokenizer.decode([i]) for i in tokenizer(text)["input_ids"]]
+        starts = [k for k in range(len(pieces)) if pieces[k : k + len(want)] == want]
+        assert len(starts) == 1, (text, pieces)
