@@ -155,7 +155,7 @@ def test_load_tokenizer__missing_folder_is_a_clear_error(tmp_path):
 def test_tokenizer__an_id_has_the_same_tokens_in_prose_json_and_line_start(tokenizer, ident):
     # The agent copies ids from the task text into JSON tool arguments: one letter token, then one
     # token per digit, however the id is surrounded.
-    want = [ident[0], *ident[1:]]
+    want = list(ident)
     for text in (f"parcel {ident} is late", f'{{"id": "{ident}"}}', ident):
         pieces = [tokenizer.decode([i]) for i in tokenizer(text)["input_ids"]]
         starts = [k for k in range(len(pieces)) if pieces[k : k + len(want)] == want]
