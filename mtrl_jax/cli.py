@@ -85,6 +85,11 @@ def _config_parser(prog: str, description: str) -> argparse.ArgumentParser:
     return p
 
 
+def _parse_config_args(prog: str, description: str, argv: list[str]) -> argparse.Namespace:
+    """Options may come before, between or after the config and its overrides."""
+    return _config_parser(prog, description).parse_intermixed_args(argv)
+
+
 def _load_run_config(args: Sequence[str]) -> Any:
     """``[CONFIG] [key=value ...]`` -> validated ``RunConfig`` (ConfigError on bad input)."""
     from mtrl_jax.config import ConfigError, load_config
@@ -106,7 +111,7 @@ def _rate(value: float | None) -> str:
 
 
 def _train(argv: list[str]) -> dict[str, Any]:
-    args = _config_parser("mtrl train", "RL training of one run config").parse_args(argv)
+    args = _parse_config_args("mtrl train", "RL training of one run config", argv)
     from mtrl_jax.distributed import initialize_from_env
 
     # Before any device is touched: with MTRL_COORDINATOR etc. set, jax.devices() (and hence
@@ -128,7 +133,7 @@ def _train(argv: list[str]) -> dict[str, Any]:
 
 
 def _sft(argv: list[str]) -> dict[str, Any]:
-    args = _config_parser("mtrl sft", "supervised warm start only").parse_args(argv)
+    args = _parse_config_args("mtrl sft", "supervised warm start only", argv)
     cfg = _load_run_config(args.args)
     if cfg.sft.steps < 1:
         raise UsageError("sft.steps is 0: nothing to do; set sft.steps=N (N >= 1)")

@@ -60,3 +60,17 @@ def test_mtrl__bad_input_is_one_line_and_exit_2(argv, message, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"mtrl {argv[0]}: error: ") and message in err[0]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["quickstart", "--no-progress", "steps=1"],
+        ["--no-progress", "quickstart", "steps=1"],
+        ["quickstart", "steps=1", "--no-progress"],
+    ],
+)
+def test_mtrl__train_options_may_follow_the_config(argv):
+    args = cli._parse_config_args("mtrl train", "test", argv)
+    assert args.no_progress is True
+    assert args.args == ["quickstart", "steps=1"]
