@@ -27,10 +27,6 @@ ACTIONS = ("refund", "credit", "sorry", "wait")
 CLASS_OF = {"refund": "lost", "wait": "moving", "credit": "late-gold", "sorry": "late-basic"}
 
 
-def _final_answer(text: str) -> str:
-    return json.loads(text.split("<final_output>")[1].split("</final_output>")[0])["action"]
-
-
 def candidate_batch(
     tokenizer: Any, split: str, num_tasks: int
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -43,13 +39,13 @@ def candidate_batch(
     stop = int(tokenizer.eos_token_id)
     rows, starts, truths = [], [], []
     for record in oracle_records(make, tasks, tokenizer, stop_token_id=stop):
-        start, end = record.turn_spans[-1]
+        start = record.turn_spans[-1][0]
         text = [m for m in record.messages if m["role"] == "assistant"][-1]["content"]
-        true = _final_answer(text)
+        true = record.final_answer["value"]["action"]
         for action in ACTIONS:
             variant = text.replace(f'"{true}"', f'"{action}"')
             ids = tokenizer.encode(variant, add_special_tokens=False)
-            rows.append([*record.tokens[:start].tolist(), *ids, int(record.tokens[end - 1])])
+            rows.append([*record.tokens[:start].tolist(), *ids, stop])
             starts.append(start)
         truths.append(true)
     tokens = np.zeros((len(rows), max(map(len, rows))), np.int32)

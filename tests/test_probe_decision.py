@@ -23,14 +23,20 @@ def test_probe__summary_by_class_matches_a_hand_count():
     assert "late-gold" not in out
 
 
-def test_probe__answer_probs_normalise_final_message_scores():
-    class Uniform:  # every token equally likely: the four candidates tie
-        def __call__(self, tokens):
-            import jax.numpy as jnp
+def test_probe__answer_probs_match_a_numpy_softmax_over_final_message_scores():
+    import jax.numpy as jnp
 
-            return jnp.zeros((*tokens.shape, 8))
+    logits = np.random.default_rng(0).normal(size=(8, 6, 5)).astype(np.float32)
+    tokens = np.random.default_rng(1).integers(0, 5, size=(8, 6)).astype(np.int32)
+    mask = np.zeros((8, 6), np.float32)
+    mask[:, 3:] = 1  # the final message: tokens 3..5, scored from positions 2..4
 
-    tokens = np.ones((8, 5), np.int32)
-    mask = np.zeros((8, 5), np.float32)
-    mask[:, 3:] = 1
-    np.testing.assert_allclose(probe.answer_probs(Uniform(), tokens, mask), 0.25, atol=1e-6)
+    def model(t):
+        return jnp.asarray(logits)[: t.shape[0]]
+
+    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    picked = np.take_along_axis(logp[:, :-1], tokens[:, 1:, None], -1)[..., 0]
+    scores = (picked * mask[:, 1:]).sum(-1).reshape(2, 4)
+    want = np.exp(scores) / np.exp(scores).sum(1, keepdims=True)
+    got = probe.answer_probs(model, tokens, mask, chunk=8)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
