@@ -430,6 +430,11 @@ class SFTConfig:
         answers: with ``oracle`` demonstrations: ``oracle`` keeps the oracle's final answers,
             ``shuffled`` gives each task another task's answer, so the warm start teaches the
             protocol but not the decision (see ``mtrl_jax.demonstrations.oracle_records``).
+            ``confused`` swaps a seeded pair of answers (a demonstrator that mixes up two rules).
+        altered_fraction: with ``shuffled`` or ``confused``: the share of tasks whose answers
+            are altered; the rest keep the oracle's.
+        recap: with ``oracle`` demonstrations: the final message first restates what the tools
+            returned (``Found: status late, user U31, tier gold.``), then answers.
     """
 
     steps: int = 0
@@ -439,10 +444,14 @@ class SFTConfig:
     demo_source: Literal["oracle", "trajectories"] = "oracle"
     trajectories: str | None = None
     seq_len: int | None = None
-    answers: Literal["oracle", "shuffled"] = "oracle"
+    answers: Literal["oracle", "shuffled", "confused"] = "oracle"
+    altered_fraction: float = 1.0
+    recap: bool = False
 
     def __post_init__(self) -> None:
-        _check_choice("answers", self.answers, ("oracle", "shuffled"))
+        _check_choice("answers", self.answers, ("oracle", "shuffled", "confused"))
+        if not 0.0 <= self.altered_fraction <= 1.0:
+            raise ValueError(f"altered_fraction must be in [0, 1], got {self.altered_fraction}")
         if self.seq_len is not None and self.seq_len < 2:
             raise ValueError(f"seq_len must be >= 2 or null, got {self.seq_len}")
         if self.steps < 0 or self.batch_size < 1:

@@ -14,6 +14,7 @@ refused (:func:`mtrl_gym.ensure_trainable`): benchmark data never becomes traini
 
 ``answers="shuffled"`` keeps the oracle's tool calls but gives each task another task's final
 answer: a warm start that teaches the protocol and leaves the decision for RL to learn.
+``recap=True`` has the final message restate the tool results before the answer.
 
 Non-goals: demonstrations from people or other models (record them as trajectories and use
 ``read_trajectories``), filtering by quality (the oracle solves every task; this is checked).
@@ -21,6 +22,7 @@ Non-goals: demonstrations from people or other models (record them as trajectori
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Iterable
 from typing import Any, Literal
@@ -49,7 +51,9 @@ def oracle_records(
     stop_token_id: int,
     max_steps: int = 64,
     seed: int = 0,
-    answers: Literal["oracle", "shuffled"] = "oracle",
+    answers: Literal["oracle", "shuffled", "confused"] = "oracle",
+    altered_fraction: float = 1.0,
+    recap: bool = False,
 ) -> list[TrajectoryRecord]:
     """Plays the environment's oracle on each task and records the episodes.
 
@@ -68,6 +72,17 @@ def oracle_records(
             longer depend on what the tools returned. A warm start on these learns the
             protocol (format, which tools, copying ids) and not the decision, which RL then
             has to learn from the reward. Such records are scored as played (mostly reward 0).
+        altered_fraction: the share of tasks (a seeded subset) whose answers ``shuffled``
+            or ``confused`` alter; the others keep the oracle's.
+            ``confused`` stands for a demonstrator that mixes up two of the procedure's rules:
+            a seeded pair of the distinct final answers is swapped in each picked task whose
+            oracle answer is one of the two (picked tasks with another answer keep theirs). The
+            decision then still follows the tool results, but for those two cases wrongly
+            ``altered_fraction`` of the time and always the same way: a partially competent
+            warm start whose mistake RL has to unlearn from the reward.
+        recap: the final message first restates what the tools returned (``Found: status
+            late, user U31, tier gold.``, see :func:`recap_text`), then answers. The facts the
+            decision rests on then sit just before the answer, in the agent's own words.
 
     Returns:
         One record per task, with ``reward``, ``eval`` and ``status`` from the environment.
@@ -77,23 +92,39 @@ def oracle_records(
         ValueError: the environment has no oracle, or the oracle failed a task (a bug in the
             environment: demonstrations must be correct).
     """
-    if answers not in ("oracle", "shuffled"):
-        raise ValueError(f"answers must be 'oracle' or 'shuffled', got {answers!r}")
+    if answers not in ("oracle", "shuffled", "confused"):
+        raise ValueError(f"answers must be 'oracle', 'shuffled' or 'confused', got {answers!r}")
+    if not 0.0 <= altered_fraction <= 1.0:
+        raise ValueError(f"altered_fraction must be in [0, 1], got {altered_fraction}")
     tasks = [dict(options) for options in tasks]
     env = make_env()
     try:
         ensure_trainable(env)
-        records = [_play(env, o, tokenizer, stop_token_id, max_steps, seed) for o in tasks]
-        if answers == "shuffled":
-            finals = [_final_answer(r) for r in records]
-            order = np.random.default_rng(seed).permutation(len(records))
-            records = [
-                _play(env, o, tokenizer, stop_token_id, max_steps, seed, final=finals[j])
-                for o, j in zip(tasks, order, strict=True)
-            ]
+        play = dict(tokenizer=tokenizer, stop_token_id=stop_token_id, max_steps=max_steps)
+        play.update(seed=seed, recap=recap)
+        records = [_play(env, o, **play) for o in tasks]
+        if answers != "oracle":
+            rng = np.random.default_rng(seed)
+            picked = rng.permutation(len(records))[: round(altered_fraction * len(records))]
+            finals = [_final_answer(records[i]) for i in picked]
+            if answers == "shuffled":
+                finals = [finals[j] for j in rng.permutation(len(finals))]
+            else:
+                swap = _swapped_pair(sorted({_final_answer(r) for r in records}), rng)
+                finals = [swap.get(f, f) for f in finals]
+            for i, final in zip(picked, finals, strict=True):
+                records[i] = _play(env, tasks[i], **play, final=final)
     finally:
         env.close()
     return records
+
+
+def _swapped_pair(values: list[str], rng: np.random.Generator) -> dict[str, str]:
+    """A seeded pair of ``values`` mapped onto each other (needs two or more values)."""
+    if len(values) < 2:
+        raise ValueError("confused answers need two or more distinct oracle answers")
+    a, b = (values[i] for i in rng.choice(len(values), size=2, replace=False))
+    return {a: b, b: a}
 
 
 _FINAL_RE = re.compile(r"<final_output>(.*?)</final_output>", re.DOTALL)
@@ -108,14 +139,40 @@ def _final_answer(record: TrajectoryRecord) -> str:
     raise ValueError(f"the oracle gave no final answer on task {record.task_id}")
 
 
+def recap_text(tool_calls: Iterable[dict[str, Any]]) -> str:
+    """One sentence restating the fields of every JSON-object tool result, in call order.
+
+    >>> calls = [{"result": '{"status": "late", "user": "U31"}'}, {"result": '{"tier": "gold"}'}]
+    >>> recap_text(calls)
+    'Found: status late, user U31, tier gold.'
+
+    Failed calls and results that are not JSON objects are left out; with nothing to restate,
+    the text is empty.
+    """
+    facts = []
+    for call in tool_calls:
+        if call.get("error") is not None or not isinstance(call.get("result"), str):
+            continue
+        try:
+            result = json.loads(call["result"])
+        except ValueError:
+            continue
+        if isinstance(result, dict):
+            facts += [
+                f"{k} {v if isinstance(v, str) else json.dumps(v)}" for k, v in result.items()
+            ]
+    return f"Found: {', '.join(facts)}." if facts else ""
+
+
 def _play(
     env: gym.Env,
     options: dict[str, Any],
+    *,
     tokenizer: ChatTokenizer,
     stop_token_id: int,
     max_steps: int,
     seed: int,
-    *,
+    recap: bool,
     final: str | None = None,
 ) -> TrajectoryRecord:
     """One scripted episode; ``final`` replaces the JSON of the oracle's final answer."""
@@ -134,6 +191,8 @@ def _play(
         action = policy(observation, info)
         if final is not None:
             action = _FINAL_RE.sub(lambda _: f"<final_output>{final}</final_output>", action)
+        if recap and _FINAL_RE.search(action) and (said := recap_text(tool_calls)):
+            action = f"{said}\n{action}"
         text = seq.add_sample(_scripted_turn(tokenizer, action, stop_token_id))
         observation, reward, terminated, truncated, info = env.step(text)
         tool_calls += info.get("tool_calls", [])

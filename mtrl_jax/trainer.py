@@ -404,6 +404,8 @@ class Trainer:
                 self.tokenizer,
                 stop_token_id=self.eos_token_id,
                 answers=s.answers,
+                altered_fraction=s.altered_fraction,
+                recap=s.recap,
             )
         else:
             assert s.trajectories is not None  # checked by the config

@@ -28,9 +28,14 @@ CLASS_OF = {"refund": "lost", "wait": "moving", "credit": "late-gold", "sorry": 
 
 
 def candidate_batch(
-    tokenizer: Any, split: str, num_tasks: int
+    tokenizer: Any, split: str, num_tasks: int, recap: bool = False
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Token rows (4 per task, one per action), masks of the final message, true actions."""
+    """Token rows (4 per task, one per action), masks of the final message, true actions.
+
+    With ``recap`` the final message restates the tool results first (as a warm start with
+    ``sft.recap`` teaches); the recap is the same in all four rows, so the normalised
+    probabilities are those of the answer given the recap.
+    """
     from mtrl_jax.demonstrations import oracle_records
     from mtrl_jax.tasks import env_factory
 
@@ -38,7 +43,7 @@ def candidate_batch(
     tasks = [{"task_index": i} for i in range(num_tasks)]
     stop = int(tokenizer.eos_token_id)
     rows, starts, truths = [], [], []
-    for record in oracle_records(make, tasks, tokenizer, stop_token_id=stop):
+    for record in oracle_records(make, tasks, tokenizer, stop_token_id=stop, recap=recap):
         start = record.turn_spans[-1][0]
         text = [m for m in record.messages if m["role"] == "assistant"][-1]["content"]
         true = record.final_answer["value"]["action"]
@@ -103,11 +108,14 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("models", nargs="+", help="HF model folders")
     p.add_argument("--split", default="test")
     p.add_argument("--tasks", type=int, default=100, help="first N tasks of the split")
+    p.add_argument("--recap", action="store_true", help="final messages restate tool results")
     args = p.parse_args(argv)
     from mtrl_jax.models.pretrained import load_pretrained
     from mtrl_jax.models.tokenizer import load_tokenizer
 
-    tokens, mask, truths = candidate_batch(load_tokenizer(args.models[0]), args.split, args.tasks)
+    tokens, mask, truths = candidate_batch(
+        load_tokenizer(args.models[0]), args.split, args.tasks, recap=args.recap
+    )
     results = []
     for path in args.models:
         result = {

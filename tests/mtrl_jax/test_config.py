@@ -68,8 +68,8 @@ def test_load_config__quickstart_values() -> None:
     )
     assert cfg.model.path is None and cfg.env.id == "mtrl/SopQuickstart-v0"
     assert cfg.sft.learning_rate == 3e-3  # written `3e-3` in the file: a float, not a string
-    assert cfg.sft.answers == "shuffled"
-    assert (cfg.train.loss.kl_coef, cfg.train.optimizer.learning_rate) == (2.0, 1e-3)
+    assert (cfg.sft.answers, cfg.sft.altered_fraction, cfg.sft.recap) == ("confused", 0.7, False)
+    assert (cfg.train.loss.kl_coef, cfg.train.optimizer.learning_rate) == (0.1, 5e-4)
     assert cfg.run_dir == Path("runs") / "quickstart"
 
 
@@ -444,7 +444,7 @@ def test_flatten__gives_dotted_string_params() -> None:
     assert flat["model.path"] == "null"
     assert flat["tracking.enabled"] == "true"
     assert flat["env.kwargs"] == '{"num_tasks": 3}'
-    assert float(flat["train.optimizer.learning_rate"]) == 1e-3
+    assert float(flat["train.optimizer.learning_rate"]) == 5e-4
     # one param per leaf of to_dict (env.kwargs counted as one)
     assert len(flat) == len(_leaves(to_dict(cfg))) - len(cfg.env.kwargs) + 1
     # Every param is valid override syntax: applying them all rebuilds the config.

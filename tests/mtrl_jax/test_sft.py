@@ -16,7 +16,7 @@ import pytest
 from flax import nnx
 
 from mtrl_gym import EvalOnlyError
-from mtrl_jax.demonstrations import oracle_records
+from mtrl_jax.demonstrations import oracle_records, recap_text
 from mtrl_jax.models import Decoder, DecoderConfig
 from mtrl_jax.models.make_default import build_default
 from mtrl_jax.models.tokenizer import load_tokenizer
@@ -84,6 +84,91 @@ def test_oracle_records__shuffled_answers_keep_the_tool_calls_and_permute_the_an
         assert json.dumps(record.final_answer["value"]) in text
     with pytest.raises(ValueError, match="answers"):
         oracle_records(make_env, tasks, tokenizer, stop_token_id=eos, answers="random")
+
+
+def test_oracle_records__altered_fraction_shuffles_a_seeded_subset_and_keeps_the_rest(
+    tokenizer, demos
+):
+    make_env = functools.partial(gym.make, ENV, split="train")
+    tasks = [{"task_index": i} for i in range(6)]
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    play = dict(stop_token_id=eos, answers="shuffled", altered_fraction=0.5)
+    half = oracle_records(make_env, tasks, tokenizer, **play)
+    assert [r.final_answer for r in half] == [
+        r.final_answer for r in oracle_records(make_env, tasks, tokenizer, **play)
+    ]
+    # Three tasks were picked and their answers permuted among themselves; the others are the
+    # oracle's episodes, token for token (a picked task may draw its own answer back).
+    kept = [np.array_equal(r.tokens, d.tokens) for r, d in zip(half, demos, strict=True)]
+    assert kept.count(False) <= 3
+    assert sorted(str(r.final_answer["value"]) for r in half) == sorted(
+        str(d.final_answer["value"]) for d in demos
+    )
+    assert [r.tool_calls for r in half] == [d.tool_calls for d in demos]
+    none = oracle_records(make_env, tasks, tokenizer, **{**play, "altered_fraction": 0.0})
+    assert all(np.array_equal(r.tokens, d.tokens) for r, d in zip(none, demos, strict=True))
+    with pytest.raises(ValueError, match="altered_fraction"):
+        oracle_records(make_env, tasks, tokenizer, **{**play, "altered_fraction": 1.5})
+
+
+def test_oracle_records__confused_answers_swap_one_pair_of_answers_in_the_picked_tasks(
+    tokenizer,
+):
+    make_env = functools.partial(gym.make, ENV, split="train")
+    tasks = [{"task_index": i} for i in range(40)]
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    oracle = oracle_records(make_env, tasks, tokenizer, stop_token_id=eos)
+    play = dict(stop_token_id=eos, answers="confused")
+    every = oracle_records(make_env, tasks, tokenizer, **play)
+    truth = [json.dumps(r.final_answer["value"]) for r in oracle]
+    given = [json.dumps(r.final_answer["value"]) for r in every]
+    moved = {(t, g) for t, g in zip(truth, given, strict=True) if t != g}
+    # One pair, swapped both ways, and every task of those two answers has the other one.
+    (a, b), (c, d) = sorted(moved)
+    assert (a, b) == (d, c)
+    assert all((g == t) == (t not in (a, b)) for t, g in zip(truth, given, strict=True))
+    for record, demo in zip(every, oracle, strict=True):
+        assert record.tool_calls == demo.tool_calls
+        assert record.reward == float(record.final_answer == demo.final_answer)
+    part = oracle_records(make_env, tasks, tokenizer, **play, altered_fraction=0.5)
+    mixed = [json.dumps(r.final_answer["value"]) for r in part]
+    swapped = [t != m for t, m in zip(truth, mixed, strict=True)]
+    in_pair = [t in (a, b) for t in truth]
+    assert 0 < sum(swapped) < sum(in_pair)  # some of the pair's tasks keep the right answer
+    assert all(not s or p for s, p in zip(swapped, in_pair, strict=True))
+    assert {(t, m) for t, m in zip(truth, mixed, strict=True) if t != m} <= moved
+    alike = [o for o, t in zip(tasks, truth, strict=True) if t == truth[0]][:2]
+    with pytest.raises(ValueError, match="two or more distinct"):
+        oracle_records(make_env, alike, tokenizer, **play)
+
+
+def test_recap_text__restates_successful_json_object_results_in_call_order():
+    calls = [
+        {"name": "get_parcel", "result": '{"status": "late", "days": 3}', "error": None},
+        {"name": "get_user", "result": None, "error": "unknown user U9"},  # failed: left out
+        {"name": "note", "result": "saved", "error": None},  # not JSON: left out
+        {"name": "list", "result": "[1, 2]", "error": None},  # not an object: left out
+        {"name": "get_user", "result": '{"tier": "gold", "vip": true}', "error": None},
+    ]
+    assert recap_text(calls) == "Found: status late, days 3, tier gold, vip true."
+    assert recap_text(calls[1:4]) == ""
+    assert recap_text([]) == ""
+
+
+def test_oracle_records__recap_restates_the_tool_results_before_the_answer(tokenizer, demos):
+    make_env = functools.partial(gym.make, ENV, split="train")
+    tasks = [{"task_index": i} for i in range(6)]
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    recapped = oracle_records(make_env, tasks, tokenizer, stop_token_id=eos, recap=True)
+    for demo, record in zip(demos, recapped, strict=True):
+        assert record.tool_calls == demo.tool_calls
+        assert record.final_answer == demo.final_answer and record.reward == 1.0  # still scored
+        final = [m["content"] for m in record.messages if m["role"] == "assistant"][-1]
+        said = recap_text(record.tool_calls)
+        assert said.startswith("Found: status ") and final.startswith(said + "\n<final_output>")
+        old = [m["content"] for m in demo.messages if m["role"] == "assistant"]
+        assert [m["content"] for m in record.messages if m["role"] == "assistant"][:-1] == old[:-1]
+        assert len(record.tokens) > len(demo.tokens)
 
 
 def test_oracle_records__eval_only_environment_refused(tokenizer):
