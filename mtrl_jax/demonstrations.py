@@ -14,6 +14,7 @@ refused (:func:`mtrl_gym.ensure_trainable`): benchmark data never becomes traini
 
 ``answers="shuffled"`` keeps the oracle's tool calls but gives each task another task's final
 answer: a warm start that teaches the protocol and leaves the decision for RL to learn.
+``answers="confused"`` swaps one pair of answers: a systematically wrong decision to unlearn.
 ``recap=True`` has the final message restate the tool results before the answer.
 
 Non-goals: demonstrations from people or other models (record them as trajectories and use
@@ -65,21 +66,21 @@ def oracle_records(
             stop token, e.g. ``<|im_end|>``).
         max_steps: Safety bound on turns per episode.
         seed: Reset seed of every episode (environments are deterministic given the task);
-            also seeds the shuffle of ``answers="shuffled"``.
+            also seeds which answers ``shuffled`` and ``confused`` alter, and how.
         answers: ``oracle`` keeps the oracle's final answers. ``shuffled`` keeps its tool calls
             but gives each task the final answer the oracle gave another task (a seeded
             permutation over ``tasks``): the answers keep their overall distribution but no
             longer depend on what the tools returned. A warm start on these learns the
             protocol (format, which tools, copying ids) and not the decision, which RL then
             has to learn from the reward. Such records are scored as played (mostly reward 0).
-        altered_fraction: the share of tasks (a seeded subset) whose answers ``shuffled``
-            or ``confused`` alter; the others keep the oracle's.
             ``confused`` stands for a demonstrator that mixes up two of the procedure's rules:
             a seeded pair of the distinct final answers is swapped in each picked task whose
             oracle answer is one of the two (picked tasks with another answer keep theirs). The
             decision then still follows the tool results, but for those two cases wrongly
             ``altered_fraction`` of the time and always the same way: a partially competent
             warm start whose mistake RL has to unlearn from the reward.
+        altered_fraction: the share of tasks (a seeded subset) whose answers ``shuffled``
+            or ``confused`` alter; the others keep the oracle's.
         recap: the final message first restates what the tools returned (``Found: status
             late, user U31, tier gold.``, see :func:`recap_text`), then answers. The facts the
             decision rests on then sit just before the answer, in the agent's own words.
@@ -101,7 +102,7 @@ def oracle_records(
     try:
         ensure_trainable(env)
         play = dict(tokenizer=tokenizer, stop_token_id=stop_token_id, max_steps=max_steps)
-        play.update(seed=seed, recap=recap)
+        play |= dict(seed=seed, recap=recap)
         records = [_play(env, o, **play) for o in tasks]
         if answers != "oracle":
             rng = np.random.default_rng(seed)
@@ -113,7 +114,8 @@ def oracle_records(
                 swap = _swapped_pair(sorted({_final_answer(r) for r in records}), rng)
                 finals = [swap.get(f, f) for f in finals]
             for i, final in zip(picked, finals, strict=True):
-                records[i] = _play(env, tasks[i], **play, final=final)
+                if final != _final_answer(records[i]):  # an unchanged answer needs no replay
+                    records[i] = _play(env, tasks[i], **play, final=final)
     finally:
         env.close()
     return records
