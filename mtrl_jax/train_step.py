@@ -190,6 +190,7 @@ def _token_logprobs(
         batch.targets,
         positions=batch.positions,
         segment_ids=batch.segment_ids,
+        parent_ids=batch.parent_ids,
         chunk_size=chunk_size,
         return_entropy=return_entropy,
     )

@@ -425,9 +425,11 @@ class Trainer:
             steps=s.steps,
             batch_size=s.batch_size,
             learning_rate=s.learning_rate,
+            # The SFT step runs on one device with one micro-batch: no row multiple needed.
             packing=dataclasses.replace(
                 self.cfg.packing,
                 seq_len=s.seq_len or self.cfg.packing.seq_len,
+                rows_multiple=1,
                 row_buckets=None,
                 overlong="truncate",
             ),

@@ -122,6 +122,10 @@ class TrainBatch:
             recompute it with ``train_step.make_logprob_fn`` to separate the two.
         policy_version: ``[B, T]`` version of the policy that sampled ``targets`` (-1 padding).
         ref_logp: ``[B, T]`` reference-policy log-probs for the KL term, or None without one.
+        parent_ids: ``[B, T]`` the segment each slot also attends to, or None (each slot sees
+            its own segment only). Packing with ``share_prefix`` stores a prompt that several
+            trajectories start with once, as its own segment with no loss slots; the segments
+            continuing it name it here and their positions continue the prefix's.
     """
 
     tokens: Int[Array, "B T"]
@@ -134,6 +138,7 @@ class TrainBatch:
     old_logp: Float[Array, "B T"]
     policy_version: Int[Array, "B T"]
     ref_logp: Float[Array, "B T"] | None = None
+    parent_ids: Int[Array, "B T"] | None = None
 
     @property
     def shape(self) -> tuple[int, int]:

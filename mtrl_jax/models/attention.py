@@ -5,11 +5,15 @@ every query and key has a slot (its index in the row's buffer: the sequence inde
 forward, the cache slot when decoding) and a segment id (which packed sequence it belongs to;
 0 = padding). A query attends to a key iff
 
-    key_slot <= query_slot  and  key_segment == query_segment  and  key_segment != 0
+    key_slot <= query_slot  and  key_segment in (query_segment, query_parent)  and  key_segment != 0
 
 so packed sequences never see each other, padding is never attended to, and the same rule serves
-training, prefill and decode. The ``[B, T, S]`` mask is rebuilt inside each layer from these
-``[B, T]``/``[B, S]`` vectors so XLA can fuse it into the softmax instead of keeping it alive.
+training, prefill and decode. A query's *parent* is its own segment unless the full forward is
+given ``parent_ids``: then a segment can continue a shared prefix stored once earlier in the row
+(its parent segment), which is how trajectories that start with the same prompt are trained on
+that prompt once (``PackingConfig.share_prefix``). The ``[B, T, S]`` mask is rebuilt inside
+each layer from these ``[B, T]``/``[B, S]`` vectors so XLA can fuse it into the softmax
+instead of keeping it alive.
 
 Rows whose queries are padding (all keys masked) get a uniform softmax over masked logits (a
 finite, meaningless output) rather than NaN, so they cannot poison gradients; losses mask them.
@@ -66,17 +70,22 @@ class MaskInfo(NamedTuple):
         q_segments: ``[B, T]`` int32.
         k_slots: ``[B, S]`` or ``[1, S]`` int32.
         k_segments: ``[B, S]`` int32.
+        q_parents: ``[B, T]`` int32 segment each query also attends to (a shared prefix), or
+            None: its own segment only.
     """
 
     q_slots: Array
     q_segments: Array
     k_slots: Array
     k_segments: Array
+    q_parents: Array | None = None
 
     def mask(self) -> Array:
         """``[B, T, S]`` bool: True where the query may attend to the key."""
         causal = self.k_slots[:, None, :] <= self.q_slots[:, :, None]
         same = self.k_segments[:, None, :] == self.q_segments[:, :, None]
+        if self.q_parents is not None:
+            same = same | (self.k_segments[:, None, :] == self.q_parents[:, :, None])
         return causal & same & (self.k_segments != 0)[:, None, :]
 
 
@@ -358,6 +367,7 @@ def attend_causal_blocks(
             mask_info.q_segments[:, start:end],
             mask_info.k_slots[:, :end],
             mask_info.k_segments[:, :end],
+            None if mask_info.q_parents is None else mask_info.q_parents[:, start:end],
         )
         outs.append(attend(q[:, start:end], k[:, :end], v[:, :end], info.mask(), num_groups))
     return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)

@@ -185,7 +185,12 @@ class Decoder(nnx.Module):
     # ----------------------------------------------------------------------------- public API
 
     def __call__(
-        self, tokens: Array, *, positions: Array | None = None, segment_ids: Array | None = None
+        self,
+        tokens: Array,
+        *,
+        positions: Array | None = None,
+        segment_ids: Array | None = None,
+        parent_ids: Array | None = None,
     ) -> Array:
         """Full forward pass.
 
@@ -195,11 +200,16 @@ class Decoder(nnx.Module):
                 sequence. Default ``0..T-1`` in every row.
             segment_ids: ``[B, T]`` int32 packed-sequence ids, 0 = padding. Tokens attend
                 only within their own non-zero segment. Default all ones.
+            parent_ids: ``[B, T]`` int32 segment each token also attends to: a shared prefix
+                earlier in the row that its segment continues (positions then continue the
+                prefix's). None: none (the same as ``segment_ids``).
 
         Returns:
             ``[B, T, V]`` float32 logits.
         """
-        hidden, _ = self.hidden_states(tokens, positions=positions, segment_ids=segment_ids)
+        hidden, _ = self.hidden_states(
+            tokens, positions=positions, segment_ids=segment_ids, parent_ids=parent_ids
+        )
         return self.logits(hidden)
 
     def token_logprobs(
@@ -209,6 +219,7 @@ class Decoder(nnx.Module):
         *,
         positions: Array | None = None,
         segment_ids: Array | None = None,
+        parent_ids: Array | None = None,
         chunk_size: int = 512,
         return_entropy: bool = False,
     ) -> Array | tuple[Array, Array]:
@@ -220,6 +231,7 @@ class Decoder(nnx.Module):
                 shifted left by one); out-of-range ids give finite garbage, so mask them.
             positions: as in ``__call__``.
             segment_ids: as in ``__call__``.
+            parent_ids: as in ``__call__``.
             chunk_size: tokens (over the flattened ``B * T``) per head evaluation; peak
                 temporary memory is ``chunk_size * V`` float32.
             return_entropy: also return each position's next-token entropy.
@@ -227,7 +239,9 @@ class Decoder(nnx.Module):
         Returns:
             ``logp`` ``[B, T]`` float32, or ``(logp, entropy)``.
         """
-        hidden, _ = self.hidden_states(tokens, positions=positions, segment_ids=segment_ids)
+        hidden, _ = self.hidden_states(
+            tokens, positions=positions, segment_ids=segment_ids, parent_ids=parent_ids
+        )
         return chunked_token_logprobs(
             hidden,
             targets,
@@ -278,9 +292,13 @@ class Decoder(nnx.Module):
         *,
         positions: Array | None = None,
         segment_ids: Array | None = None,
+        parent_ids: Array | None = None,
         cache: KVCache | None = None,
     ) -> tuple[Array, KVCache | None]:
-        """Embedding, blocks and final norm: ``[B, T]`` -> ``[B, T, D]`` (and the new cache)."""
+        """Embedding, blocks and final norm: ``[B, T]`` -> ``[B, T, D]`` (and the new cache).
+
+        ``parent_ids`` (see ``__call__``) is for the full forward only, not with ``cache``.
+        """
         cfg = self.config
         b, t = tokens.shape
         if segment_ids is None:
@@ -289,8 +307,11 @@ class Decoder(nnx.Module):
         arange = jnp.arange(t, dtype=jnp.int32)[None, :]
         if cache is None:
             slots = jnp.broadcast_to(arange, (b, t))
-            mask_info = MaskInfo(slots, segment_ids, slots, segment_ids)
+            parents = None if parent_ids is None else parent_ids.astype(jnp.int32)
+            mask_info = MaskInfo(slots, segment_ids, slots, segment_ids, parents)
             write_at = None
+        elif parent_ids is not None:
+            raise ValueError("parent_ids are for the full forward, not for decoding with a cache")
         else:
             write_at = cache.index
             slots = write_at[:, None] + arange  # [B, T] slots the new tokens go to

@@ -84,3 +84,56 @@ def test_decoder_training__packed_equals_unpacked_and_a_step_updates_params():
     assert np.isfinite(float(metrics["loss/total"])) and int(new_state.step) == 1
     after = jax.tree.leaves(new_state.params)
     assert any(not np.allclose(a, np.asarray(b)) for a, b in zip(before, after, strict=True))
+
+
+def prompt_trajectories(seed=0, prompts=(10, 7), per_prompt=3):
+    """Trajectories that start with one of a few shared prompts (loss mask 0 on the prompt)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for g, p in enumerate(prompts):
+        prompt = rng.integers(0, VOCAB, p)
+        for i in range(per_prompt):
+            n = int(rng.integers(2, 9))
+            mask = np.concatenate([np.zeros(p), (rng.random(n) < 0.7)]).astype(np.float32)
+            mask[p] = 1.0
+            out.append(
+                Trajectory(
+                    tokens=np.concatenate([prompt, rng.integers(0, VOCAB, n)]),
+                    loss_mask=mask,
+                    behaviour_logp=-rng.gamma(2.0, 1.0, p + n).astype(np.float32),
+                    advantages=float(rng.normal()),
+                    policy_version=g * per_prompt + i,
+                )
+            )
+    return out
+
+
+def test_decoder_training__shared_prefix_rows_equal_one_trajectory_per_row():
+    """A prompt stored once (tree attention via parent ids) gives the same log-probs, loss and
+    gradient as every trajectory alone in its row."""
+    model = Decoder(DecoderConfig.from_hf(HF), rngs=nnx.Rngs(1))
+    graphdef, state = init_train_state(model, CFG)
+    trajs = prompt_trajectories() + trajectories(seed=3, count=2)
+    shared, shared_info = pack_trajectories(trajs, PackingConfig(seq_len=32, share_prefix=3))
+    padded, padded_info = pad_trajectories(trajs, PackingConfig(seq_len=32))
+    assert shared_info.metrics["packing/shared_slots"] > 0
+    assert shared.tokens.shape[0] < padded.tokens.shape[0]
+    shared, padded = (jax.tree.map(jnp.asarray, b) for b in (shared, padded))
+
+    logprob = make_logprob_fn(graphdef, chunk_size=16)
+    lp_shared = unpack(np.asarray(logprob(state.params, state.rest, shared)), shared_info)
+    lp_padded = unpack(np.asarray(logprob(state.params, state.rest, padded)), padded_info)
+    for a, b in zip(lp_shared, lp_padded, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+    grad_fn = make_grad_fn(graphdef, CFG)
+    g_shared, m_shared = grad_fn(state, shared)
+    g_padded, m_padded = grad_fn(state, padded)
+    np.testing.assert_allclose(m_shared["loss/total"], m_padded["loss/total"], rtol=1e-5)
+    for x, y in zip(jax.tree.leaves(g_shared), jax.tree.leaves(g_padded), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-6)
+
+    # Without the parent ids the continuations would not see their prompt: a real difference.
+    cut = shared.replace(parent_ids=None)
+    lp_cut = unpack(np.asarray(logprob(state.params, state.rest, cut)), shared_info)
+    assert not all(np.allclose(a, b, atol=1e-3) for a, b in zip(lp_cut, lp_padded, strict=True))

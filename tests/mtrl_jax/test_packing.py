@@ -169,3 +169,116 @@ def test_packing_config__validates():
         PackingConfig(seq_len=8, row_buckets=(8, 4))
     with pytest.raises(ValueError):
         PackingConfig(seq_len=8, overlong="split")
+
+
+def prompt_trajectories(seed, prompts=(9, 6), per_prompt=4):
+    """Groups of trajectories starting with the same unmasked prompt, then their own tokens."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for g, p in enumerate(prompts):
+        prompt = rng.integers(1, 50, p)
+        for i in range(per_prompt):
+            rest = make_trajectory(rng, int(rng.integers(2, 8)), per_token=i % 2 == 0, version=g)
+            mask = np.concatenate([np.zeros(p, np.float32), rest.loss_mask])
+            mask[p] = 1.0  # the first own token is sampled: the prompt ends at p tokens
+            out.append(
+                Trajectory(
+                    tokens=np.concatenate([prompt, rest.tokens]),
+                    loss_mask=mask,
+                    behaviour_logp=np.concatenate([np.zeros(p, np.float32), rest.behaviour_logp]),
+                    advantages=rest.advantages
+                    if np.isscalar(rest.advantages)
+                    else np.concatenate([np.zeros(p, np.float32), rest.advantages]),
+                    policy_version=g,
+                )
+            )
+    return out
+
+
+def test_pack_trajectories__shared_prefix_stores_a_prompt_once_per_row():
+    trajs = prompt_trajectories(0) + trajectories(2, count=3)
+    cfg = PackingConfig(seq_len=40, share_prefix=4)
+    batch, info = pack_trajectories(trajs, cfg)
+    plain, plain_info = pack_trajectories(trajs, PackingConfig(seq_len=40))
+    assert plain.parent_ids is None and batch.parent_ids is not None
+    # Every trajectory's slots come back whole, with the same per-slot values as unshared.
+    for field in ("tokens", "targets", "positions", "loss_mask", "advantages", "behaviour_logp"):
+        shared_vals = unpack(getattr(batch, field), info)
+        plain_vals = unpack(getattr(plain, field), plain_info)
+        for traj, a, b in zip(trajs, shared_vals, plain_vals, strict=True):
+            assert len(a) == traj.num_slots
+            np.testing.assert_array_equal(a, b)
+    # Eight prompt trajectories share: prompt p has p - 1 shareable slots (p tokens, and the
+    # target of slot p - 1 is the first sampled token).
+    shared = info.prefix_length > 0
+    assert shared[:8].all() and not shared[8:].any()
+    assert set(info.prefix_length[:4]) == {8} and set(info.prefix_length[4:8]) == {5}
+    assert info.metrics["packing/shared_slots"] == float(
+        info.prefix_length.sum()
+        - sum(
+            {
+                (r, s): k
+                for r, s, k in zip(info.row, info.prefix_start, info.prefix_length, strict=True)
+                if k
+            }.values()
+        )
+    )
+    for i in range(len(trajs)):
+        r, s, n = info.row[i], info.start[i], info.length[i]
+        own = batch.segment_ids[r, s : s + n]
+        assert np.all(own == info.segment[i])
+        if info.prefix_length[i]:
+            p, k = info.prefix_start[i], info.prefix_length[i]
+            prefix_seg = batch.segment_ids[r, p]
+            assert prefix_seg != info.segment[i] and p + k <= s
+            assert np.all(batch.segment_ids[r, p : p + k] == prefix_seg)
+            assert np.all(batch.parent_ids[r, s : s + n] == prefix_seg)
+            assert np.all(batch.loss_mask[r, p : p + k] == 0)
+            np.testing.assert_array_equal(batch.positions[r, s : s + n], np.arange(k, k + n))
+        else:
+            assert np.all(batch.parent_ids[r, s : s + n] == info.segment[i])
+    # Segment ids still increase along each row; padding is 0 in both id arrays.
+    for r in range(batch.tokens.shape[0]):
+        ids = [x for x in batch.segment_ids[r] if x]
+        assert ids == sorted(ids) and set(ids) == set(range(1, len(set(ids)) + 1))
+    pad = batch.segment_ids == 0
+    assert np.all(batch.parent_ids[pad] == 0)
+    assert batch.tokens.size * info.metrics["packing/efficiency"] == (~pad).sum()
+    assert (~pad).sum() + info.metrics["packing/shared_slots"] == sum(t.num_slots for t in trajs)
+
+
+def test_pack_trajectories__shared_prefix_respects_minimum_and_row_length():
+    trajs = prompt_trajectories(1, prompts=(9,), per_prompt=4)
+    _, info = pack_trajectories(trajs, PackingConfig(seq_len=40, share_prefix=9))
+    assert not info.prefix_length.any()  # 8 shareable slots < 9
+    # A row of 20 holds the 8-slot prompt and only the continuations that fit beside it.
+    batch, info = pack_trajectories(trajs, PackingConfig(seq_len=20, share_prefix=2))
+    for r in range(batch.tokens.shape[0]):
+        members = np.flatnonzero(info.row == r)
+        prefixes = {info.prefix_start[m] for m in members if info.prefix_length[m]}
+        used = sum(info.length[m] for m in members) + 8 * len(prefixes)
+        assert used <= 20
+    for traj, targets in zip(trajs, unpack(batch.targets, info), strict=True):
+        np.testing.assert_array_equal(targets, traj.tokens[1:])
+
+
+def test_pack_trajectories__shares_no_loss_slot():
+    # Identical sampled tokens after the prompt stay in each trajectory's own segment.
+    rng = np.random.default_rng(3)
+    tokens = rng.integers(1, 50, 12)
+    mask = np.zeros(12, np.float32)
+    mask[6:] = 1.0
+    same = [
+        Trajectory(
+            tokens=tokens,
+            loss_mask=mask,
+            behaviour_logp=np.zeros(12, np.float32),
+            advantages=a,
+            policy_version=0,
+        )
+        for a in (1.0, -1.0)
+    ]
+    batch, info = pack_trajectories(same, PackingConfig(seq_len=40, share_prefix=2))
+    assert list(info.prefix_length) == [5, 5] and list(info.length) == [6, 6]
+    assert batch.loss_mask.sum() == 12
+    np.testing.assert_array_equal(sorted(batch.advantages[batch.loss_mask > 0]), [-1] * 6 + [1] * 6)
