@@ -430,11 +430,14 @@ class SFTConfig:
         answers: with ``oracle`` demonstrations: ``oracle`` keeps the oracle's final answers,
             ``shuffled`` gives each task another task's answer, so the warm start teaches the
             protocol but not the decision (see ``mtrl_jax.demonstrations.oracle_records``).
-            ``confused`` swaps a seeded pair of answers (a demonstrator that mixes up two rules).
+            ``confused`` swaps a seeded pair of answers, or ``confused_pairs`` (a demonstrator
+            that mixes up rules).
         altered_fraction: with ``shuffled`` or ``confused``: the share of tasks whose answers
             are altered; the rest keep the oracle's.
         recap: with ``oracle`` demonstrations: the final message first restates what the tools
             returned (``Found: status late, user U31, tier gold.``), then answers.
+        confused_pairs: with ``confused``: the answer values swapped, e.g. ``[[refund,
+            credit], [sorry, wait]]``; null: one seeded pair of answers.
     """
 
     steps: int = 0
@@ -447,9 +450,16 @@ class SFTConfig:
     answers: Literal["oracle", "shuffled", "confused"] = "oracle"
     altered_fraction: float = 1.0
     recap: bool = False
+    confused_pairs: tuple[tuple[str, str], ...] | None = None
 
     def __post_init__(self) -> None:
         _check_choice("answers", self.answers, ("oracle", "shuffled", "confused"))
+        if self.confused_pairs is not None:
+            if self.answers != "confused":
+                raise ValueError("confused_pairs needs answers: confused")
+            for pair in self.confused_pairs:
+                if len(pair) != 2 or pair[0] == pair[1]:
+                    raise ValueError(f"confused_pairs: each pair needs two values, got {pair}")
         if not 0.0 <= self.altered_fraction <= 1.0:
             raise ValueError(f"altered_fraction must be in [0, 1], got {self.altered_fraction}")
         if self.seq_len is not None and self.seq_len < 2:

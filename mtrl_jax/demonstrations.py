@@ -14,7 +14,7 @@ refused (:func:`mtrl_gym.ensure_trainable`): benchmark data never becomes traini
 
 ``answers="shuffled"`` keeps the oracle's tool calls but gives each task another task's final
 answer: a warm start that teaches the protocol and leaves the decision for RL to learn.
-``answers="confused"`` swaps one pair of answers: a systematically wrong decision to unlearn.
+``answers="confused"`` swaps pairs of answers: a systematically wrong decision to unlearn.
 ``recap=True`` has the final message restate the tool results before the answer.
 
 Non-goals: demonstrations from people or other models (record them as trajectories and use
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal
 
 import gymnasium as gym
@@ -55,6 +55,7 @@ def oracle_records(
     answers: Literal["oracle", "shuffled", "confused"] = "oracle",
     altered_fraction: float = 1.0,
     recap: bool = False,
+    confused_pairs: Sequence[Sequence[str]] | None = None,
 ) -> list[TrajectoryRecord]:
     """Plays the environment's oracle on each task and records the episodes.
 
@@ -73,17 +74,21 @@ def oracle_records(
             longer depend on what the tools returned. A warm start on these learns the
             protocol (format, which tools, copying ids) and not the decision, which RL then
             has to learn from the reward. Such records are scored as played (mostly reward 0).
-            ``confused`` stands for a demonstrator that mixes up two of the procedure's rules:
-            a seeded pair of the distinct final answers is swapped in each picked task whose
-            oracle answer is one of the two (picked tasks with another answer keep theirs). The
-            decision then still follows the tool results, but for those two cases wrongly
-            ``altered_fraction`` of the time and always the same way: a partially competent
-            warm start whose mistake RL has to unlearn from the reward.
+            ``confused`` stands for a demonstrator that mixes up rules of the procedure: a
+            seeded pair of the distinct final answers (or the ``confused_pairs``) is swapped in
+            each picked task whose oracle answer is one of them (picked tasks with another
+            answer keep theirs). The decision then still follows the tool results, but for
+            those cases wrongly ``altered_fraction`` of the time and always the same way: a
+            warm start that masters the protocol and has a mistake RL must unlearn from the
+            reward.
         altered_fraction: the share of tasks (a seeded subset) whose answers ``shuffled``
             or ``confused`` alter; the others keep the oracle's.
         recap: the final message first restates what the tools returned (``Found: status
             late, user U31, tier gold.``, see :func:`recap_text`), then answers. The facts the
             decision rests on then sit just before the answer, in the agent's own words.
+        confused_pairs: with ``confused``: the answer values mixed up, e.g. ``[("refund",
+            "credit"), ("sorry", "wait")]``; a final answer with a top-level field equal to one
+            of a pair gets the other instead. None: one seeded pair of whole answers.
 
     Returns:
         One record per task, with ``reward``, ``eval`` and ``status`` from the environment.
@@ -111,7 +116,11 @@ def oracle_records(
             if answers == "shuffled":
                 finals = [finals[j] for j in rng.permutation(len(finals))]
             else:
-                swap = _swapped_pair(sorted({_final_answer(r) for r in records}), rng)
+                distinct = sorted({_final_answer(r) for r in records})
+                if confused_pairs is None:
+                    swap = _swapped_pair(distinct, rng)
+                else:
+                    swap = _named_swaps(distinct, confused_pairs)
                 finals = [swap.get(f, f) for f in finals]
             for i, final in zip(picked, finals, strict=True):
                 if final != _final_answer(records[i]):  # an unchanged answer needs no replay
@@ -127,6 +136,44 @@ def _swapped_pair(values: list[str], rng: np.random.Generator) -> dict[str, str]
         raise ValueError("confused answers need two or more distinct oracle answers")
     a, b = (values[i] for i in rng.choice(len(values), size=2, replace=False))
     return {a: b, b: a}
+
+
+def _named_swaps(finals: list[str], pairs: Sequence[Sequence[str]]) -> dict[str, str]:
+    """Each final answer (JSON text) with a field valued as one of a pair -> the other value.
+
+    Raises:
+        ValueError: a pair is not two distinct values, a value is named twice, or a value is
+            in no final answer (a typo would otherwise silently swap nothing).
+    """
+    partner: dict[str, str] = {}
+    for pair in pairs:
+        if len(pair) != 2 or pair[0] == pair[1]:
+            raise ValueError(f"confused_pairs: each pair needs two distinct values, got {pair!r}")
+        for a, b in (pair, pair[::-1]):
+            if a in partner:
+                raise ValueError(f"confused_pairs: {a!r} is named in two pairs")
+            partner[a] = b
+    # A swapped answer the oracle also gives keeps the oracle's exact text (spacing, key order).
+    texts = {json.dumps(json.loads(f), sort_keys=True): f for f in finals}
+    swap, seen = {}, set()
+    for final in finals:
+        value = json.loads(final)
+        if not isinstance(value, dict):
+            continue
+        fields = {k: partner[v] for k, v in value.items() if isinstance(v, str) and v in partner}
+        seen |= {value[k] for k in fields}
+        if fields:
+            swapped = value | fields
+            swap[final] = texts.get(json.dumps(swapped, sort_keys=True), json.dumps(swapped))
+    if missing := sorted(set(partner) - seen):
+        known = sorted({v for f in finals for v in _string_values(f)})
+        raise ValueError(f"confused_pairs: no final answer has {missing}; answers have {known}")
+    return swap
+
+
+def _string_values(final: str) -> list[str]:
+    value = json.loads(final)
+    return [v for v in value.values() if isinstance(v, str)] if isinstance(value, dict) else []
 
 
 _FINAL_RE = re.compile(r"<final_output>(.*?)</final_output>", re.DOTALL)

@@ -406,6 +406,7 @@ class Trainer:
                 answers=s.answers,
                 altered_fraction=s.altered_fraction,
                 recap=s.recap,
+                confused_pairs=s.confused_pairs,
             )
         else:
             assert s.trajectories is not None  # checked by the config

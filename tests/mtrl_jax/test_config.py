@@ -69,6 +69,8 @@ def test_load_config__quickstart_values() -> None:
     assert cfg.model.path is None and cfg.env.id == "mtrl/SopQuickstart-v0"
     assert cfg.sft.learning_rate == 3e-3  # written `3e-3` in the file: a float, not a string
     assert (cfg.sft.answers, cfg.sft.altered_fraction, cfg.sft.recap) == ("confused", 0.7, False)
+    assert cfg.sft.confused_pairs == (("refund", "credit"), ("sorry", "wait"))
+    assert (cfg.packing.seq_len, cfg.packing.share_prefix, cfg.sft.seq_len) == (2048, 32, 1408)
     assert (cfg.train.loss.kl_coef, cfg.train.optimizer.learning_rate) == (0.1, 5e-4)
     assert cfg.run_dir == Path("runs") / "quickstart"
 

@@ -142,6 +142,34 @@ def test_oracle_records__confused_answers_swap_one_pair_of_answers_in_the_picked
         oracle_records(make_env, alike, tokenizer, **play)
 
 
+def test_oracle_records__confused_pairs_swap_the_named_answers_both_ways(tokenizer):
+    make_env = functools.partial(gym.make, ENV, split="train")
+    tasks = [{"task_index": i} for i in range(40)]
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    oracle = oracle_records(make_env, tasks, tokenizer, stop_token_id=eos)
+    pairs = [("refund", "credit"), ("sorry", "wait")]
+    play = dict(stop_token_id=eos, answers="confused", confused_pairs=pairs)
+    every = oracle_records(make_env, tasks, tokenizer, **play)
+    partner = {"refund": "credit", "credit": "refund", "sorry": "wait", "wait": "sorry"}
+    truth = [r.final_answer["value"]["action"] for r in oracle]
+    assert set(truth) == set(partner)  # every answer occurs in 40 tasks
+    for record, demo, t in zip(every, oracle, truth, strict=True):
+        assert record.final_answer["value"] == {"action": partner[t]}
+        assert record.tool_calls == demo.tool_calls and record.reward == 0.0
+        final = [m["content"] for m in record.messages if m["role"] == "assistant"][-1]
+        assert final == f'<final_output>{{"action": "{partner[t]}"}}</final_output>'
+    one = oracle_records(make_env, tasks, tokenizer, **{**play, "confused_pairs": pairs[:1]})
+    for record, t in zip(one, truth, strict=True):
+        assert record.final_answer["value"]["action"] == (partner[t] if t in pairs[0] else t)
+    for bad, match in (
+        ([("refund", "refnud")], "no final answer has \\['refnud'\\]"),
+        ([("refund", "credit"), ("credit", "wait")], "named in two pairs"),
+        ([("refund", "refund")], "two distinct values"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            oracle_records(make_env, tasks, tokenizer, **{**play, "confused_pairs": bad})
+
+
 def test_recap_text__restates_successful_json_object_results_in_call_order():
     calls = [
         {"name": "get_parcel", "result": '{"status": "late", "days": 3}', "error": None},
