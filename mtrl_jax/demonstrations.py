@@ -24,6 +24,7 @@ Non-goals: demonstrations from people or other models (record them as trajectori
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal
@@ -35,6 +36,8 @@ from mtrl_gym import ensure_trainable
 from mtrl_jax.rollout.sequence import ChatTokenizer, EpisodeSequence
 from mtrl_jax.sampler.config import SampleResult
 from mtrl_jax.trajectory import TrajectoryRecord
+
+log = logging.getLogger(__name__)
 
 
 def _scripted_turn(tokenizer: ChatTokenizer, text: str, stop_token_id: int) -> SampleResult:
@@ -141,9 +144,12 @@ def _swapped_pair(values: list[str], rng: np.random.Generator) -> dict[str, str]
 def _named_swaps(finals: list[str], pairs: Sequence[Sequence[str]]) -> dict[str, str]:
     """Each final answer (JSON text) with a field valued as one of a pair -> the other value.
 
+    A value no final answer has swaps nothing (a short run's few demonstrations may lack it);
+    it is logged, and none of the values found at all is an error.
+
     Raises:
-        ValueError: a pair is not two distinct values, a value is named twice, or a value is
-            in no final answer (a typo would otherwise silently swap nothing).
+        ValueError: a pair is not two distinct values, a value is named twice, or no final
+            answer has any of the values (a typo would otherwise silently swap nothing).
     """
     partner: dict[str, str] = {}
     for pair in pairs:
@@ -167,7 +173,10 @@ def _named_swaps(finals: list[str], pairs: Sequence[Sequence[str]]) -> dict[str,
             swap[final] = texts.get(json.dumps(swapped, sort_keys=True), json.dumps(swapped))
     if missing := sorted(set(partner) - seen):
         known = sorted({v for f in finals for v in _string_values(f)})
-        raise ValueError(f"confused_pairs: no final answer has {missing}; answers have {known}")
+        message = f"confused_pairs: no final answer has {missing}; answers have {known}"
+        if not seen:
+            raise ValueError(message)
+        log.warning(message)
     return swap
 
 

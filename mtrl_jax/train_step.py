@@ -185,14 +185,17 @@ def _token_logprobs(
 ) -> Any:
     """Runs the merged model's ``token_logprobs`` on a batch."""
     model = nnx.merge(graphdef, params, rest)
+    # Shared prefixes only where the batch has them: any model with the segment contract serves
+    # batches without, and one without ``parent_ids`` support fails loudly on batches with.
+    tree = {} if batch.parent_ids is None else {"parent_ids": batch.parent_ids}
     return model.token_logprobs(
         batch.tokens,
         batch.targets,
         positions=batch.positions,
         segment_ids=batch.segment_ids,
-        parent_ids=batch.parent_ids,
         chunk_size=chunk_size,
         return_entropy=return_entropy,
+        **tree,
     )
 
 

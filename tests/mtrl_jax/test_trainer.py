@@ -272,7 +272,15 @@ def test_trainer__minibatches_cover_every_row_once_per_pass_and_skip_padding():
 
 
 def test_trainer__epochs_and_minibatches_apply_that_many_updates(out_dir, base_model):
-    overrides = tiny(out_dir, "ppo_epochs", base_model, "steps=2", "packing.rows_multiple=2")
+    overrides = tiny(
+        out_dir,
+        "ppo_epochs",
+        base_model,
+        "steps=2",
+        "packing.rows_multiple=2",
+        "packing.share_prefix=0",
+        "packing.seq_len=768",
+    )
     trainer, tracker = make_trainer(
         "quickstart_ppo", [*overrides, "train.epochs=2", "train.minibatches=2"]
     )
