@@ -256,12 +256,12 @@ def _build(
     # Pieces (row, start, trajectory, first slot, slots, is a prefix): each trajectory's own
     # segment, and each shared prefix once (written from its first member).
     pieces = []
-    first_of_prefix: dict[tuple[int, int], int] = {}
+    prefixes_written: set[tuple[int, int]] = set()
     for i in range(len(trajectories)):
         own_first = int(place.prefix_length[i])
         pieces.append((place.row[i], place.start[i], i, own_first, place.length[i], False))
-        if own_first and (place.row[i], place.prefix_start[i]) not in first_of_prefix:
-            first_of_prefix[(place.row[i], place.prefix_start[i])] = i
+        if own_first and (place.row[i], place.prefix_start[i]) not in prefixes_written:
+            prefixes_written.add((place.row[i], place.prefix_start[i]))
             pieces.append((place.row[i], place.prefix_start[i], i, 0, own_first, True))
     segment = np.zeros(len(trajectories), np.int64)
     prefix_segment: dict[tuple[int, int], int] = {}
@@ -299,14 +299,14 @@ def _build(
         policy_version=version,
         parent_ids=parents if cfg.share_prefix else None,
     )
-    occupied = place.length.sum() + sum(n for *_, n, is_prefix in pieces if is_prefix)
+    stored_prefixes = sum(n for *_, n, is_prefix in pieces if is_prefix)
     metrics = {
-        "packing/efficiency": float(occupied) / (b * t),
+        "packing/efficiency": float(place.length.sum() + stored_prefixes) / (b * t),
         "packing/rows": float(b),
         "packing/rows_used": float(needed_rows),
         "packing/sequences": float(len(trajectories)),
         "packing/truncated": float(sum(tr.num_slots > cfg.seq_len for tr in trajectories)),
-        "packing/shared_slots": float(place.prefix_length.sum() - (occupied - place.length.sum())),
+        "packing/shared_slots": float(place.prefix_length.sum() - stored_prefixes),
     }
     return batch, place._replace(segment=segment, metrics=metrics)
 

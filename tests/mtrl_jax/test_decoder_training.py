@@ -56,6 +56,22 @@ def trajectories(seed=0, count=6):
     return out
 
 
+def assert_same_training(graphdef, state, batch, info, padded, padded_info):
+    """Same per-trajectory log-probs, loss and gradient as one trajectory per row."""
+    logprob = make_logprob_fn(graphdef, chunk_size=16)
+    lp = unpack(np.asarray(logprob(state.params, state.rest, batch)), info)
+    lp_padded = unpack(np.asarray(logprob(state.params, state.rest, padded)), padded_info)
+    for a, b in zip(lp, lp_padded, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    grad_fn = make_grad_fn(graphdef, CFG)
+    g, m = grad_fn(state, batch)
+    g_padded, m_padded = grad_fn(state, padded)
+    np.testing.assert_allclose(m["loss/total"], m_padded["loss/total"], rtol=1e-5)
+    for x, y in zip(jax.tree.leaves(g), jax.tree.leaves(g_padded), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-6)
+    return lp_padded
+
+
 def test_decoder_training__packed_equals_unpacked_and_a_step_updates_params():
     model = Decoder(DecoderConfig.from_hf(HF), rngs=nnx.Rngs(0))
     graphdef, state = init_train_state(model, CFG)
@@ -65,19 +81,7 @@ def test_decoder_training__packed_equals_unpacked_and_a_step_updates_params():
     padded, padded_info = pad_trajectories(trajs, pcfg)
     assert packed.tokens.shape[0] < padded.tokens.shape[0]
     packed, padded = (jax.tree.map(jnp.asarray, b) for b in (packed, padded))
-
-    logprob = make_logprob_fn(graphdef, chunk_size=16)
-    lp_packed = unpack(np.asarray(logprob(state.params, state.rest, packed)), packed_info)
-    lp_padded = unpack(np.asarray(logprob(state.params, state.rest, padded)), padded_info)
-    for a, b in zip(lp_packed, lp_padded, strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
-
-    grad_fn = make_grad_fn(graphdef, CFG)
-    g_packed, m_packed = grad_fn(state, packed)
-    g_padded, m_padded = grad_fn(state, padded)
-    np.testing.assert_allclose(m_packed["loss/total"], m_padded["loss/total"], rtol=1e-5)
-    for x, y in zip(jax.tree.leaves(g_packed), jax.tree.leaves(g_padded), strict=True):
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-6)
+    assert_same_training(graphdef, state, packed, packed_info, padded, padded_info)
 
     before = [np.asarray(x).copy() for x in jax.tree.leaves(state.params)]
     new_state, metrics = make_train_step(graphdef, CFG)(state, packed)
@@ -119,21 +123,10 @@ def test_decoder_training__shared_prefix_rows_equal_one_trajectory_per_row():
     assert shared_info.metrics["packing/shared_slots"] > 0
     assert shared.tokens.shape[0] < padded.tokens.shape[0]
     shared, padded = (jax.tree.map(jnp.asarray, b) for b in (shared, padded))
-
-    logprob = make_logprob_fn(graphdef, chunk_size=16)
-    lp_shared = unpack(np.asarray(logprob(state.params, state.rest, shared)), shared_info)
-    lp_padded = unpack(np.asarray(logprob(state.params, state.rest, padded)), padded_info)
-    for a, b in zip(lp_shared, lp_padded, strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
-
-    grad_fn = make_grad_fn(graphdef, CFG)
-    g_shared, m_shared = grad_fn(state, shared)
-    g_padded, m_padded = grad_fn(state, padded)
-    np.testing.assert_allclose(m_shared["loss/total"], m_padded["loss/total"], rtol=1e-5)
-    for x, y in zip(jax.tree.leaves(g_shared), jax.tree.leaves(g_padded), strict=True):
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-6)
+    lp_padded = assert_same_training(graphdef, state, shared, shared_info, padded, padded_info)
 
     # Without the parent ids the continuations would not see their prompt: a real difference.
+    logprob = make_logprob_fn(graphdef, chunk_size=16)
     cut = shared.replace(parent_ids=None)
     lp_cut = unpack(np.asarray(logprob(state.params, state.rest, cut)), shared_info)
     assert not all(np.allclose(a, b, atol=1e-3) for a, b in zip(lp_cut, lp_padded, strict=True))
