@@ -40,3 +40,32 @@ def test_probe__answer_probs_match_a_numpy_softmax_over_final_message_scores():
     want = np.exp(scores) / np.exp(scores).sum(1, keepdims=True)
     got = probe.answer_probs(model, tokens, mask, chunk=8)
     np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+def test_probe__candidate_rows_differ_only_in_the_scored_action(tmp_path):
+    import csv
+    import json
+
+    from mtrl_jax.models.make_default import build_default
+    from mtrl_jax.models.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(build_default(tmp_path / "default"))
+    tokens, mask, truths = probe.candidate_batch(tokenizer, "test", 3)
+    data = Path(__file__).resolve().parents[1] / "envs" / "suites" / "quickstart" / "data"
+    with open(data / "tasks.csv", newline="") as f:
+        want = [row["action"] for row in csv.DictReader(f) if row["split"] == "test"][:3]
+    assert truths == want
+    assert tokens.shape[0] == mask.shape[0] == 4 * len(truths)
+    for task in range(len(truths)):
+        rows = range(4 * task, 4 * task + 4)
+        starts = {int(np.argmax(mask[i])) for i in rows}
+        assert len(starts) == 1  # the same context before the final message
+        (start,) = starts
+        assert all((tokens[i, :start] == tokens[4 * task, :start]).all() for i in rows)
+        for i, action in zip(rows, probe.ACTIONS, strict=True):
+            scored = tokens[i, mask[i] > 0].tolist()
+            assert scored[-1] == tokenizer.eos_token_id
+            text = tokenizer.decode(scored[:-1])
+            answer = json.loads(text.split("<final_output>")[1].split("</final_output>")[0])
+            assert answer["action"] == action
+            assert (tokens[i, len(scored) + start :] == 0).all()  # padding after the row
