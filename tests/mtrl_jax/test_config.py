@@ -60,7 +60,7 @@ def test_load_config__quickstart_values() -> None:
     cfg = load_config("quickstart")
     assert cfg.train.loss.policy_loss == "cispo"
     assert cfg.rollout.advantage.estimator == "grpo"
-    assert (cfg.sft.steps, cfg.steps, cfg.env.tasks_per_step) == (600, 20, 8)
+    assert (cfg.sft.steps, cfg.steps, cfg.env.tasks_per_step) == (900, 20, 8)
     assert (cfg.rollout.group_size, cfg.sampler.max_new_tokens, cfg.sampler.temperature) == (
         8,
         64,
