@@ -74,7 +74,16 @@ def test_pyproject__every_package_directory_is_installed():
         for init in (ROOT / top).rglob("__init__.py"):
             rel = init.parent.relative_to(ROOT / top).parts
             found.add(".".join((name, *rel)))
-    assert listed == found
+    # Data folders have no __init__.py; they are listed as namespace packages so that
+    # setuptools installs them, and each must name the files it ships.
+    data = set(meta["tool"]["setuptools"]["package-data"]) - found
+    assert listed == found | data
+    roots = {"mtrl_gym": "mtrl_gym", "mtrl_jax": "mtrl_jax", "mtrl_envs": "envs"}
+    for pkg in data:
+        top, *rest = pkg.split(".")
+        folder = ROOT / roots[top] / Path(*rest)
+        assert folder.is_dir() and not (folder / "__init__.py").exists(), pkg
+        assert any(folder.iterdir()), pkg
 
 
 def _readme_commands() -> list[str]:
