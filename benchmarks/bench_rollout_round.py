@@ -7,7 +7,10 @@ sampler, engine (64 slots, 8 decode steps per call) and rollout settings. The en
 same weights and key and play the same tasks with the same request ids, so they must sample the
 same tokens; the script checks that. A third engine reuses prefixes and batches every slot's
 prefill rows into one call (``prefill_rows=num_slots``; the CPU default is one row per call,
-which with reuse off is the sampler's previous one-request-at-a-time prefill). Before every
+which with reuse off is the sampler's previous one-request-at-a-time prefill). A fourth reuses
+prefixes but has every decode step attend to the whole cache (``min_live_slots=0``, the
+sampler before live-slot buckets; the quickstart's cache is 1,224 slots, episodes 500-600
+tokens). Before every
 round each engine gets ``set_params`` (as after a training step), so no KV from an earlier round
 is reusable and only sharing *within* the round counts. One warm-up round per engine compiles;
 then ``--repeats`` rounds per engine, rotating which goes first; the median counts.
@@ -35,7 +38,7 @@ from mtrl_jax.config import load_config
 from mtrl_jax.models import load_pretrained, load_tokenizer
 from mtrl_jax.models.make_default import build_default
 from mtrl_jax.rollout.engine import RolloutEngine, run_blocking
-from mtrl_jax.sampler import PrefillStats, SamplingEngine, prefill_chunk
+from mtrl_jax.sampler import PrefillStats, SamplingEngine, decode_steps, prefill_chunk
 from mtrl_jax.tasks import TaskStream, count_tasks, env_factory
 
 RESULTS = Path(__file__).parent / "results" / "rollout_round_cpu.json"
@@ -76,14 +79,21 @@ def main() -> dict[str, object]:
         "reuse_on": {"prefix_reuse": True},
         "reuse_off": {"prefix_reuse": False},
         "reuse_on_batched": {"prefix_reuse": True, "prefill_rows": cfg.engine.num_slots},
+        "reuse_on_whole_cache": {"prefix_reuse": True, "min_live_slots": 0},
     }
     for name, options in variants.items():
+        options = dict(options)
+        sampler_cfg = cfg.sampler
+        if "min_live_slots" in options:
+            sampler_cfg = dataclasses.replace(
+                sampler_cfg, min_live_slots=options.pop("min_live_slots")
+            )
         engine = SamplingEngine(
             model,
             num_slots=cfg.engine.num_slots,
             max_len=cfg.engine.max_len,
             tokenizer=tokenizer,
-            config=cfg.sampler,
+            config=sampler_cfg,
             key=jax.random.key(0),
             decode_steps_per_call=cfg.engine.decode_steps_per_call,
             **options,
@@ -95,19 +105,22 @@ def main() -> dict[str, object]:
     records: dict[str, list[Any]] = {}
     identical, max_logprob_gap = True, 0.0
     programs: list[int] = []  # compiled prefill programs (all engines) after each round
-    for step in range(args.repeats + 1):  # step 0 warms up (compiles) both
+    decode_programs: list[int] = []
+    for step in range(args.repeats + 1):  # step 0 warms up (compiles) every engine
         names = list(sides)
-        for name in names[step % 3 :] + names[: step % 3]:
+        first = step % len(names)
+        for name in names[first:] + names[:first]:
             seconds, stats[name], records[name] = _round(*sides[name], model, tasks, step)
             if step > 0:
                 times[name].append(seconds)
-        for name in ("reuse_on", "reuse_on_batched"):
+        for name in ("reuse_on", "reuse_on_batched", "reuse_on_whole_cache"):
             for a, b in zip(records[name], records["reuse_off"], strict=True):
                 identical &= a.tokens.tolist() == b.tokens.tolist()
                 if identical:
                     gap = np.abs(np.asarray(a.logprobs) - np.asarray(b.logprobs)).max(initial=0)
                     max_logprob_gap = max(max_logprob_gap, float(gap))
         programs.append(prefill_chunk._cache_size())
+        decode_programs.append(decode_steps._cache_size())
 
     median = {name: statistics.median(t) for name, t in times.items()}
     record: dict[str, object] = {
@@ -118,6 +131,9 @@ def main() -> dict[str, object]:
         "round_s_median": {name: round(t, 3) for name, t in median.items()},
         "speedup_reuse_on_vs_off": round(median["reuse_off"] / median["reuse_on"], 3),
         "speedup_batched_vs_off": round(median["reuse_off"] / median["reuse_on_batched"], 3),
+        "speedup_live_slots_vs_whole_cache": round(
+            median["reuse_on_whole_cache"] / median["reuse_on"], 3
+        ),
         "round_s_all": {name: [round(x, 3) for x in t] for name, t in times.items()},
         "identical_tokens": identical,
         "max_logprob_gap": max_logprob_gap,
@@ -126,6 +142,9 @@ def main() -> dict[str, object]:
         # Timed rounds that met a new (bucket, rows) shape paid its compilation (2-4 s here);
         # only the batched engine has more than one row count.
         "prefill_programs_after_each_round": programs,
+        # Decode: one program per (engine, live-slot bucket) met so far.
+        "decode_programs_after_each_round": decode_programs,
+        "live_slot_buckets": list(sides["reuse_on"][0].live_slot_buckets),
         "hardware": hardware(machine="shared 2-core CPU" if os.cpu_count() == 2 else "CPU"),
     }
     return save(record, args.out)

@@ -19,15 +19,14 @@ The last stdout line is JSON (hardware named); it is also saved under
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import subprocess
 import time
 from pathlib import Path
 
 import jax
 import numpy as np
+from _record import git_commit, save
 from flax import nnx
 
 from mtrl_jax.models import Decoder
@@ -122,9 +121,6 @@ def main() -> dict:
         }
     ext, per = result["extended"], result["per_turn"]
     device = jax.devices()[0]
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
-    ).stdout.strip()
     out = {
         "benchmark": "sequence_extension",
         "episodes": args.episodes,
@@ -142,15 +138,10 @@ def main() -> dict:
             "cpu_count": os.cpu_count(),
         },
         "jax": jax.__version__,
-        "commit": commit,
+        "commit": git_commit(),
     }
     results = Path(__file__).parent / "results"
-    results.mkdir(exist_ok=True)
-    (results / f"sequence_extension_{device.platform}.json").write_text(
-        json.dumps(out, indent=2) + "\n"
-    )
-    print(json.dumps(out))
-    return out
+    return save(out, results / f"sequence_extension_{device.platform}.json")
 
 
 if __name__ == "__main__":

@@ -18,12 +18,11 @@ The last stdout line is JSON (hardware named); it is also saved under
 from __future__ import annotations
 
 import argparse
-import subprocess
 from pathlib import Path
 
 import jax
 import numpy as np
-from _record import best_seconds, hardware, save
+from _record import best_seconds, git_commit, hardware, save
 from flax import nnx
 
 from mtrl_jax.models import Decoder
@@ -99,9 +98,6 @@ def main() -> dict:
         )
     ]
     whole, shared = result["whole"], result["shared"]
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
-    ).stdout.strip()
     record = {
         "benchmark": "shared_prefix",
         "tasks": args.tasks,
@@ -113,7 +109,7 @@ def main() -> dict:
         "speedup": round(whole["fwd_bwd_s"] / shared["fwd_bwd_s"], 2),
         "max_abs_grad_diff": max(diffs),
         "hardware": hardware(),
-        "commit": commit,
+        "commit": git_commit(),
     }
     platform_name = jax.devices()[0].platform
     return save(record, Path(__file__).parent / "results" / f"shared_prefix_{platform_name}.json")

@@ -173,11 +173,14 @@ class LayerCache(NamedTuple):
         k: ``[L, B, S, K, H]`` keys of all layers.
         v: ``[L, B, S, K, H]`` values of all layers.
         layer: int32 scalar, the layer this block reads and writes.
+        live_slots: static number of leading slots attended to (None: all ``S``). Writes
+            still go to the full buffers; the caller guarantees no query sits at or past it.
     """
 
     k: Array
     v: Array
     layer: Array
+    live_slots: int | None = None
 
 
 def write_layer(buffer: Array, new: Array, layer: Array, start: Array) -> Array:
@@ -271,8 +274,10 @@ class Attention(nnx.Module):
             cache_k = write_layer(kv_cache.k, k, layer, write_at)
             cache_v = write_layer(kv_cache.v, v, layer, write_at)
             new_cache = (cache_k, cache_v)
-            k = jax.lax.dynamic_index_in_dim(cache_k, layer, keepdims=False).astype(q.dtype)
-            v = jax.lax.dynamic_index_in_dim(cache_v, layer, keepdims=False).astype(q.dtype)
+            live = kv_cache.live_slots or cache_k.shape[2]
+            k = jax.lax.dynamic_index_in_dim(cache_k, layer, keepdims=False)[:, :live]
+            v = jax.lax.dynamic_index_in_dim(cache_v, layer, keepdims=False)[:, :live]
+            k, v = k.astype(q.dtype), v.astype(q.dtype)
         if self.impl == "cudnn":
             out = _attend_cudnn(q, k, v, mask_info.mask())
         elif kv_cache is None:  # a full forward: queries and keys share slots 0..T-1

@@ -294,10 +294,14 @@ class Decoder(nnx.Module):
         segment_ids: Array | None = None,
         parent_ids: Array | None = None,
         cache: KVCache | None = None,
+        live_slots: int | None = None,
     ) -> tuple[Array, KVCache | None]:
         """Embedding, blocks and final norm: ``[B, T]`` -> ``[B, T, D]`` (and the new cache).
 
         ``parent_ids`` (see ``__call__``) is for the full forward only, not with ``cache``.
+        ``live_slots`` (static, with ``cache``): attend to cache slots ``0 .. live_slots - 1``
+        only. Exact when every query's slot is below it (the caller's promise: later keys are
+        masked anyway); reads ``live_slots / S`` of the cache. None: all ``S`` slots.
         """
         cfg = self.config
         b, t = tokens.shape
@@ -316,8 +320,11 @@ class Decoder(nnx.Module):
             write_at = cache.index
             slots = write_at[:, None] + arange  # [B, T] slots the new tokens go to
             k_segments = write_rows(cache.segment_ids, segment_ids, write_at)
-            k_slots = jnp.arange(cache.max_len, dtype=jnp.int32)[None, :]
-            mask_info = MaskInfo(slots, segment_ids, k_slots, k_segments)
+            if live_slots is not None and not 1 <= live_slots <= cache.max_len:
+                raise ValueError(f"live_slots must be in [1, {cache.max_len}], got {live_slots}")
+            live_slots = live_slots or cache.max_len
+            k_slots = jnp.arange(live_slots, dtype=jnp.int32)[None, :]
+            mask_info = MaskInfo(slots, segment_ids, k_slots, k_segments[:, :live_slots])
         if positions is None:
             positions = slots
         # One RoPE table for all layers (as transformers does); inv_freq is a host constant.
@@ -335,7 +342,7 @@ class Decoder(nnx.Module):
             x, kv = carry
             state, layer = xs
             block = nnx.merge(graphdef, state)
-            layer_cache = None if kv is None else LayerCache(kv[0], kv[1], layer)
+            layer_cache = None if kv is None else LayerCache(kv[0], kv[1], layer, live_slots)
             x, kv = block(x, cos, sin, mask_info, layer_cache, write_at)
             return (x, kv), None
 

@@ -35,6 +35,10 @@ class SamplerConfig:
             longer inputs are prefilled in chunks of the largest bucket. Each bucket is one
             compiled prefill program, so this tuple bounds prefill recompilation.
         cache_dtype: KV-cache storage dtype (None: the model's compute dtype).
+        min_live_slots: decode steps attend only to the leading cache slots that can hold
+            live keys, rounded up to a multiple of this number (128, 256, ...; at most 16
+            multiples, more widely spaced for long caches; one compiled decode program each);
+            0 attends to the whole cache every step.
     """
 
     temperature: float = 1.0
@@ -44,6 +48,7 @@ class SamplerConfig:
     max_episode_tokens: int | None = None
     prefill_buckets: tuple[int, ...] = (16, 64, 256)
     cache_dtype: str | None = None
+    min_live_slots: int = 128
 
     def __post_init__(self) -> None:
         if self.temperature < 0:
@@ -56,6 +61,10 @@ class SamplerConfig:
             raise ValueError(f"max_new_tokens must be positive, got {self.max_new_tokens}")
         if self.max_episode_tokens is not None and self.max_episode_tokens <= 0:
             raise ValueError(f"max_episode_tokens must be positive, got {self.max_episode_tokens}")
+        if self.min_live_slots < 0:
+            raise ValueError(
+                f"min_live_slots must be >= 0 (0: whole cache), got {self.min_live_slots}"
+            )
         buckets = self.prefill_buckets
         if not buckets or any(b <= 0 for b in buckets) or list(buckets) != sorted(set(buckets)):
             raise ValueError(f"prefill_buckets must be positive and increasing, got {buckets}")

@@ -10,7 +10,8 @@ recompile. Shapes are fixed by construction:
   programs per engine, one per bucket when ``prefill_rows == 1``.
 * :func:`copy_rows` sees ``R`` (row-bucketed) pairs: at most ``log2(B) + 2`` programs.
 * :func:`decode_steps` always sees all ``B`` slots and runs ``num_steps`` (static) tokens per
-  call with ``lax.scan``: one program per engine.
+  call with ``lax.scan``, attending to the first ``live_slots`` (static) cache slots only: one
+  program per live-slot bucket (:func:`live_slot_buckets`, at most ``MAX_LIVE_BUCKETS + 1``).
 
 Slot bookkeeping. A slot is one row of the :class:`KVCache`. The host owns the truth about how
 many tokens each slot holds and passes it as ``start`` to every prefill, which overwrites the
@@ -64,6 +65,35 @@ def row_bucket(num_rows: int, limit: int) -> int:
     if not 1 <= num_rows <= limit:
         raise ValueError(f"need 1 <= num_rows <= limit, got {num_rows} of {limit}")
     return min(1 << (num_rows - 1).bit_length(), limit)
+
+
+# Most live-slot buckets (decode programs) per engine.
+MAX_LIVE_BUCKETS = 16
+
+
+def live_slot_buckets(cache_len: int, smallest: int) -> tuple[int, ...]:
+    """The decode programs' live-slot counts: even multiples of ``smallest``, then the cache.
+
+    A decode call attends to the smallest bucket that covers every active slot's last query,
+    so attention reads the live part of the cache plus less than one spacing, instead of all
+    ``cache_len`` slots. The spacing is ``smallest``, widened (to a multiple of it) so that
+    there are at most :data:`MAX_LIVE_BUCKETS` buckets below the cache length: that many
+    compiled programs at most. ``smallest = 0``: one bucket, the whole cache.
+
+    >>> live_slot_buckets(600, 128)
+    (128, 256, 384, 512, 600)
+    >>> live_slot_buckets(8192, 128)[:3], len(live_slot_buckets(8192, 128))
+    ((512, 1024, 1536), 16)
+    >>> live_slot_buckets(600, 0)
+    (600,)
+    """
+    if cache_len < 1 or smallest < 0:
+        raise ValueError(f"need cache_len >= 1 and smallest >= 0, got {cache_len}, {smallest}")
+    if smallest == 0:
+        return (cache_len,)
+    below = -(-cache_len // smallest) - 1  # multiples of `smallest` below cache_len
+    spacing = smallest * max(1, -(-below // MAX_LIVE_BUCKETS))
+    return (*range(spacing, cache_len, spacing), cache_len)
 
 
 def _gather_rows(cache: KVCache, slots: Array) -> tuple[Array, Array, Array]:
@@ -175,7 +205,9 @@ def copy_rows(cache: KVCache, *, sources: Array, targets: Array, lengths: Array)
     return _scatter_rows(cache, targets, k, v, segments, lengths)
 
 
-@functools.partial(jax.jit, static_argnames=(*_STATIC, "num_steps"), donate_argnames=("cache",))
+@functools.partial(
+    jax.jit, static_argnames=(*_STATIC, "num_steps", "live_slots"), donate_argnames=("cache",)
+)
 def decode_steps(
     graphdef: Any,
     state: Any,
@@ -192,6 +224,7 @@ def decode_steps(
     greedy: bool,
     filtered: bool,
     num_steps: int,
+    live_slots: int | None = None,
 ) -> tuple[KVCache, Array, Array, Array]:
     """Feeds each active slot its last token and samples ``num_steps`` tokens per slot.
 
@@ -212,6 +245,9 @@ def decode_steps(
         filtered: static sampling mode.
         num_steps: static tokens per slot per call. The host discards what a slot draws after
             it stops (stop tokens and strings are checked outside jit).
+        live_slots: static; every active slot's index plus ``num_steps`` must not exceed it
+            (the last query of the call sits at ``index + num_steps - 1``). Attention reads
+            those slots only; None: the whole cache. Idle slots' outputs are garbage anyway.
 
     Returns:
         The cache and ``[num_steps, B]`` tokens, sampling log-probs and model log-probs.
@@ -222,7 +258,11 @@ def decode_steps(
     def step(carry: tuple[KVCache, Array], i: Array) -> tuple[tuple[KVCache, Array], Any]:
         cache, last = carry
         hidden, new_cache = model.hidden_states(
-            last[:, None], positions=cache.index[:, None], segment_ids=segment, cache=cache
+            last[:, None],
+            positions=cache.index[:, None],
+            segment_ids=segment,
+            cache=cache,
+            live_slots=live_slots,
         )
         assert new_cache is not None
         new_cache = new_cache.replace(index=jnp.where(active, cache.index + 1, cache.index))

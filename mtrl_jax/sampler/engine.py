@@ -66,7 +66,13 @@ import numpy as np
 from flax import nnx
 
 from mtrl_jax.sampler.config import PrefillStats, SamplerConfig, SampleResult, StopReason
-from mtrl_jax.sampler.decode import copy_rows, decode_steps, prefill_chunk, row_bucket
+from mtrl_jax.sampler.decode import (
+    copy_rows,
+    decode_steps,
+    live_slot_buckets,
+    prefill_chunk,
+    row_bucket,
+)
 from mtrl_jax.sampler.stopping import TurnStopper
 
 
@@ -221,6 +227,7 @@ class SamplingEngine:
         self._version = 0
         slack = max(config.prefill_buckets) + decode_steps_per_call
         self._cache = model.init_cache(num_slots, max_len + slack, config.cache_dtype)
+        self.live_slot_buckets = live_slot_buckets(self._cache.max_len, config.min_live_slots)
         self._sampling = {
             "temperature": jnp.float32(config.temperature),
             "top_k": jnp.int32(config.top_k),
@@ -710,6 +717,11 @@ class SamplingEngine:
         """One decode call over all slots; returns host arrays ``[steps, B]`` (thread-safe)."""
         active = np.zeros(self.num_slots, bool)
         active[list(self._running)] = True
+        # Each running slot's cache index is its session's `cached`; the call's last query
+        # sits `num_steps - 1` past it, and the cache has room for that (the slack).
+        steps = self.decode_steps_per_call
+        need = max(self._sessions[r.session_id].cached for r in self._running.values()) + steps
+        live = next(n for n in self.live_slot_buckets if n >= need)
         version, epoch = self._version, self._epoch  # before the weights (see `_run_rows`)
         self._cache, tokens, logps, model_logps = decode_steps(
             self._graphdef,
@@ -720,7 +732,8 @@ class SamplingEngine:
             request_ids=self._request_ids.copy(),
             token_index=self._token_index.copy(),
             base_key=self._key,
-            num_steps=self.decode_steps_per_call,
+            num_steps=steps,
+            live_slots=live,
             **self._sampling,
         )
         return version, epoch, np.asarray(tokens), np.asarray(logps), np.asarray(model_logps)

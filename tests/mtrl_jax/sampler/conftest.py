@@ -3,7 +3,8 @@
 Every engine built through :func:`make_engine` has the same slot count, cache length and
 buckets, so tests share the compiled prefill and decode programs (one set per sampling mode).
 Its prefill batches all slots' rows (``prefill_rows=NUM_SLOTS``, not the CPU default of 1), so
-the batched path is what the tests check.
+the batched path is what the tests check, and its decode calls attend to live-slot buckets from
+16 slots up (not the default 128, which would cover this whole small cache).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from tests.mtrl_jax.models.helpers import VOCAB, Checkpoint, make_checkpoint
 NUM_SLOTS = 3
 MAX_LEN = 64
 BUCKETS = (8, 32)
+MIN_LIVE_SLOTS = 16
 
 
 class PairTokenizer:
@@ -55,6 +57,9 @@ def make_engine(model: Any) -> Any:
         prefill_rows: int = NUM_SLOTS,
         **config: Any,
     ) -> SamplingEngine:
+        # Live-slot buckets 16, 32, ..., 96, 97 (the whole cache): decode calls attend to part
+        # of the cache, so every comparison with a full forward also checks that cut.
+        config = {"min_live_slots": MIN_LIVE_SLOTS, **config}
         cfg = SamplerConfig(prefill_buckets=BUCKETS, **config)
         return SamplingEngine(
             model,

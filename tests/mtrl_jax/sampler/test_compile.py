@@ -1,4 +1,4 @@
-"""Compile-once checks: prefill compiles once per (bucket, row bucket), decoding once per engine."""
+"""Compile-once checks: prefill once per (bucket, row bucket), decode once per live-slot bucket."""
 
 from __future__ import annotations
 
@@ -31,16 +31,18 @@ def test_engine__compiled_programs_bounded_by_buckets(model: Any) -> None:
         model,
         num_slots=2,
         max_len=56,
-        config=SamplerConfig(temperature=0.0, prefill_buckets=(4, 16)),
+        config=SamplerConfig(temperature=0.0, prefill_buckets=(4, 16), min_live_slots=16),
         key=jax.random.key(0),
         prefill_rows=2,
     )
     assert {row_bucket(n, 2) for n in (1, 2)} == {1, 2}
+    assert engine.live_slot_buckets == (16, 32, 48, 64, 73)  # the cache: 56 + 16 + 1 slots
     before = _counts()
     lengths = tuple(range(1, 41, 3))  # 1..40: both buckets, chunked prefill past 16
     engine.generate_batch(prompts(lengths), max_new_tokens=5)
-    # Rows of 1 and 2 (slots refilled one at a time, and two at a time) in both buckets.
-    assert np.subtract(_counts(), before).tolist() == [4, 0, 1]
+    # Rows of 1 and 2 (slots refilled one at a time, and two at a time) in both buckets;
+    # decoding up to slot 44 in the 16, 32 and 48 live-slot buckets.
+    assert np.subtract(_counts(), before).tolist() == [4, 0, 3]
     # Sessions sharing a 20-token prefix: copies of one row (the group) and ...
     (shared,) = prompts((20,), seed=1)
     tails = prompts((3, 3, 3, 3), seed=2)

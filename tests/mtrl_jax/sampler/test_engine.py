@@ -61,6 +61,22 @@ def test_engine__multi_step_decode_equals_single_step(make_engine: Any) -> None:
     assert [r.tokens for r in one] == [r.tokens for r in four]
 
 
+def test_engine__live_slot_buckets_equal_whole_cache_attention(make_engine: Any) -> None:
+    # Long enough to cross the 16 ... 64 slot buckets; sampled, so a wrong cut would show
+    # in the draws and not only in argmaxes.
+    ps = prompts((5, 30, 50), seed=4)
+    whole = make_engine(seed=3, min_live_slots=0)
+    assert whole.live_slot_buckets == (whole._cache.max_len,)
+    cut = make_engine(seed=3)
+    assert cut.live_slot_buckets == (16, 32, 48, 64, 80, 96, 97)
+    a = whole.generate_batch(ps, max_new_tokens=14)
+    b = cut.generate_batch(ps, max_new_tokens=14)
+    assert [r.tokens for r in a] == [r.tokens for r in b]
+    for x, y in zip(a, b, strict=True):
+        # Same terms, summed over fewer (exactly zero) masked ones: float32 rounding only.
+        np.testing.assert_allclose(x.model_logprobs, y.model_logprobs, rtol=1e-6, atol=1e-6)
+
+
 def test_engine__sampled_logprobs_match_full_forward(model: Any, make_engine: Any) -> None:
     ps = prompts((6, 13, 9), seed=2)
     plain = make_engine(temperature=1.0).generate_batch(ps, max_new_tokens=10)
