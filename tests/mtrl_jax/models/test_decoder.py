@@ -155,6 +155,25 @@ def test_decoder__cached_decode_equals_full_forward(model):
     assert _decode._cache_size() == 2  # one program for the prefill, one for all steps
 
 
+def test_decoder__live_slots_cut_equals_whole_cache_and_rejects_bad_counts(model):
+    # Slots 0..11 hold the prompt; decoding slot 12 with live_slots=13 reads just those, and
+    # must give the logits and cache of reading all 24 slots.
+    seqs = random_tokens((2, 13), seed=5)
+    cache = model.init_cache(batch=2, max_len=24, dtype=jnp.float32)
+    _, cache = model.decode(seqs[:, :12], cache)
+    whole, whole_cache = model.hidden_states(seqs[:, 12:], cache=cache)
+    cut, cut_cache = model.hidden_states(seqs[:, 12:], cache=cache, live_slots=13)
+    np.testing.assert_allclose(cut, whole, rtol=1e-6, atol=1e-6)
+    for a, b in zip(jax.tree.leaves(cut_cache), jax.tree.leaves(whole_cache), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # The cut is real: too few slots (a broken promise) drops keys and changes the result.
+    short, _ = model.hidden_states(seqs[:, 12:], cache=cache, live_slots=6)
+    assert np.abs(np.asarray(short) - np.asarray(whole)).max() > 1e-3
+    for bad in (0, 25):
+        with pytest.raises(ValueError, match="live_slots must be in"):
+            model.hidden_states(seqs[:, 12:], cache=cache, live_slots=bad)
+
+
 @functools.partial(jax.jit, static_argnums=(0, 3, 4))
 def _token_logprobs(graphdef, state, tokens, chunk_size, entropy):
     model = nnx.merge(graphdef, state)

@@ -7,6 +7,7 @@ from typing import Any
 
 import jax
 import numpy as np
+import pytest
 from flax import nnx
 
 from mtrl_jax.sampler import (
@@ -63,3 +64,23 @@ def test_engine__compiled_programs_bounded_by_buckets(model: Any) -> None:
     engine.generate_batch(prompts(lengths), max_new_tokens=5)
     engine.generate_batch([shared + t for t in tails], max_new_tokens=3)
     assert _counts() == mid
+
+
+def test_live_slot_buckets__multiples_end_at_the_cache_and_stay_bounded() -> None:
+    from mtrl_jax.sampler.decode import MAX_LIVE_BUCKETS, live_slot_buckets
+
+    assert live_slot_buckets(600, 128) == (128, 256, 384, 512, 600)
+    assert live_slot_buckets(512, 128) == (128, 256, 384, 512)  # no bucket repeated
+    assert live_slot_buckets(100, 128) == (100,)
+    assert live_slot_buckets(600, 0) == (600,)
+    for cache_len in (1, 97, 1224, 8192, 32768 + 7):
+        buckets = live_slot_buckets(cache_len, 128)
+        assert buckets[-1] == cache_len and list(buckets) == sorted(set(buckets))
+        assert len(buckets) <= MAX_LIVE_BUCKETS + 1
+        assert all(b % 128 == 0 for b in buckets[:-1])
+        spacing = buckets[0]
+        assert all(b - a <= spacing for a, b in zip(buckets, buckets[1:], strict=False))
+    with pytest.raises(ValueError, match="smallest >= 0"):
+        live_slot_buckets(100, -1)
+    with pytest.raises(ValueError, match="min_live_slots must be >= 0"):
+        SamplerConfig(min_live_slots=-8)
