@@ -10,10 +10,10 @@ prefill rows into one call (``prefill_rows=num_slots``; the CPU default is one r
 which with reuse off is the sampler's previous one-request-at-a-time prefill). A fourth reuses
 prefixes but has every decode step attend to the whole cache (``min_live_slots=0``, the
 sampler before live-slot buckets; the quickstart's cache is 1,224 slots, episodes 500-600
-tokens). Before every
-round each engine gets ``set_params`` (as after a training step), so no KV from an earlier round
-is reusable and only sharing *within* the round counts. One warm-up round per engine compiles;
-then ``--repeats`` rounds per engine, rotating which goes first; the median counts.
+tokens). Before every round each engine gets ``set_params`` (as after a training step), so no
+KV from an earlier round is reusable and only sharing *within* the round counts. One warm-up
+round per engine compiles; then ``--repeats`` rounds per engine, rotating which goes first; the
+median counts.
 
 Usage: ``python benchmarks/bench_rollout_round.py [--repeats 3]``. The last stdout line is JSON;
 it is also written to ``benchmarks/results/rollout_round_cpu.json``.
@@ -75,25 +75,20 @@ def main() -> dict[str, object]:
         tokenizer = load_tokenizer(path)
         model = load_pretrained(path, dtype=cfg.model.dtype)
     sides: dict[str, tuple[SamplingEngine, RolloutEngine]] = {}
-    variants = {
-        "reuse_on": {"prefix_reuse": True},
-        "reuse_off": {"prefix_reuse": False},
-        "reuse_on_batched": {"prefix_reuse": True, "prefill_rows": cfg.engine.num_slots},
-        "reuse_on_whole_cache": {"prefix_reuse": True, "min_live_slots": 0},
+    # name: (SamplingEngine options, changes to the config's sampler settings)
+    variants: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+        "reuse_on": ({"prefix_reuse": True}, {}),
+        "reuse_off": ({"prefix_reuse": False}, {}),
+        "reuse_on_batched": ({"prefix_reuse": True, "prefill_rows": cfg.engine.num_slots}, {}),
+        "reuse_on_whole_cache": ({"prefix_reuse": True}, {"min_live_slots": 0}),
     }
-    for name, options in variants.items():
-        options = dict(options)
-        sampler_cfg = cfg.sampler
-        if "min_live_slots" in options:
-            sampler_cfg = dataclasses.replace(
-                sampler_cfg, min_live_slots=options.pop("min_live_slots")
-            )
+    for name, (options, sampler_changes) in variants.items():
         engine = SamplingEngine(
             model,
             num_slots=cfg.engine.num_slots,
             max_len=cfg.engine.max_len,
             tokenizer=tokenizer,
-            config=sampler_cfg,
+            config=dataclasses.replace(cfg.sampler, **sampler_changes),
             key=jax.random.key(0),
             decode_steps_per_call=cfg.engine.decode_steps_per_call,
             **options,

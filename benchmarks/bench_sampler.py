@@ -135,7 +135,8 @@ def measure(
         model = load_pretrained(folder)
     # Each steps-per-call setting with live-slot buckets (the default), and the largest also
     # attending to the whole cache every step (min_live_slots=0, the sampler before them).
-    variants = [(steps, f"steps{steps}", 128) for steps in args.steps_per_call]
+    default = SamplerConfig().min_live_slots
+    variants = [(steps, f"steps{steps}", default) for steps in args.steps_per_call]
     most = max(args.steps_per_call)
     variants.append((most, f"steps{most}_whole_cache", 0))
     for steps, label, min_live in variants:

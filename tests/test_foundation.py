@@ -69,8 +69,9 @@ def test_pyproject__core_dependencies_and_extras():
 def test_pyproject__every_package_directory_is_installed():
     meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
     listed = set(meta["tool"]["setuptools"]["packages"])
+    roots = {"mtrl_gym": "mtrl_gym", "mtrl_jax": "mtrl_jax", "mtrl_envs": "envs"}  # name: folder
     found = set()
-    for top, name in (("mtrl_gym", "mtrl_gym"), ("mtrl_jax", "mtrl_jax"), ("envs", "mtrl_envs")):
+    for name, top in roots.items():
         for init in (ROOT / top).rglob("__init__.py"):
             rel = init.parent.relative_to(ROOT / top).parts
             found.add(".".join((name, *rel)))
@@ -78,7 +79,6 @@ def test_pyproject__every_package_directory_is_installed():
     # setuptools installs them, and each must name the files it ships.
     data = set(meta["tool"]["setuptools"]["package-data"]) - found
     assert listed == found | data
-    roots = {"mtrl_gym": "mtrl_gym", "mtrl_jax": "mtrl_jax", "mtrl_envs": "envs"}
     for pkg in data:
         top, *rest = pkg.split(".")
         folder = ROOT / roots[top] / Path(*rest)

@@ -156,8 +156,8 @@ def test_decoder__cached_decode_equals_full_forward(model):
 
 
 def test_decoder__live_slots_cut_equals_whole_cache_and_rejects_bad_counts(model):
-    # Slots 0..11 hold the prompt; decoding slot 12 with live_slots=13 reads just those, and
-    # must give the logits and cache of reading all 24 slots.
+    # Slots 0..11 hold the prompt; decoding slot 12 with live_slots=13 reads slots 0..12 only
+    # and must give the hidden states and cache of reading all 24.
     seqs = random_tokens((2, 13), seed=5)
     cache = model.init_cache(batch=2, max_len=24, dtype=jnp.float32)
     _, cache = model.decode(seqs[:, :12], cache)
