@@ -49,12 +49,26 @@ from mtrl_gym.formats import ToolCallFormat, get_format
 from mtrl_gym.resources import EpisodeResources
 from mtrl_gym.spaces import TextSpace
 from mtrl_gym.tools import Tool, ToolError, ToolInfraError, render_result
-from mtrl_gym.types import JSON, ParsedCall, Role, Status, Task, ToolCallRecord, message
+from mtrl_gym.types import (
+    JSON,
+    ParsedCall,
+    Role,
+    Status,
+    Task,
+    ToolCallRecord,
+    escape_surrogates,
+    message,
+    text_problem,
+)
 
 # Tools that block run on these threads so a per-call timeout can be enforced and so the async
 # runner never blocks its event loop. A thread cannot be killed: a timed-out sync tool keeps its
 # thread until it returns, which is why untrusted code goes through ``sandbox`` (hard kill).
 _TOOL_POOL = concurrent.futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="mtrl-tool")
+# Under ``astep`` the final grading (``grade_episode``, the evaluator, the reward) runs here, off
+# the event loop, so a slow grader (hidden tests in a sandbox, a gold query) delays only its own
+# episode. A pool of its own so that graders and tool calls never wait for each other's threads.
+_GRADE_POOL = concurrent.futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="mtrl-grade")
 
 NO_CALL_FEEDBACK = (
     "Error: your message contained neither a tool call nor a final answer. Call a tool as "
@@ -87,6 +101,22 @@ class _InfraFailure(Exception):
     def __init__(self, status: Status, detail: str):
         super().__init__(detail)
         self.status = status
+
+
+@dataclass
+class _Ending:
+    """An episode that has ended and waits for its grade.
+
+    ``step`` grades it on the caller's thread; ``astep`` on a grading thread, off the event loop.
+    """
+
+    observation: str
+    info: dict[str, Any]
+    summary: EpisodeSummary
+    terminated: bool
+
+
+StepResult = tuple[str, float, bool, bool, dict[str, Any]]
 
 
 @dataclass
@@ -301,29 +331,35 @@ class TextEnv(gym.Env[str, str]):
             info["diagnostics"] = {"elapsed_s": 0.0}
         return observation, info
 
-    def step(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
+    def step(self, action: str) -> StepResult:
         """Applies one assistant message: a final answer, tool calls, or a format error."""
         plans, early = self._begin_step(action)
-        if early is not None:
-            return early
-        outcomes: list[str | BaseException] = []
-        for plan in plans:
-            outcomes.append(self._invoke(plan))
-            if isinstance(outcomes[-1], _InfraFailure):
-                break
-        return self._finish_step(action, plans, outcomes)
+        if early is None:
+            outcomes: list[str | BaseException] = []
+            for plan in plans:
+                outcomes.append(self._invoke(plan))
+                if isinstance(outcomes[-1], _InfraFailure):
+                    break
+            early = self._finish_step(action, plans, outcomes)
+        if isinstance(early, _Ending):
+            return self._graded(early, self._grade(early.summary))
+        return early
 
-    async def astep(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
-        """Async :meth:`step`: awaits async tools and runs blocking tools on worker threads."""
+    async def astep(self, action: str) -> StepResult:
+        """Async :meth:`step`: awaits async tools and runs blocking tools and grading on threads."""
         plans, early = self._begin_step(action)
-        if early is not None:
-            return early
-        outcomes: list[str | BaseException] = []
-        for plan in plans:
-            outcomes.append(await self._ainvoke(plan))
-            if isinstance(outcomes[-1], _InfraFailure):
-                break
-        return self._finish_step(action, plans, outcomes)
+        if early is None:
+            outcomes: list[str | BaseException] = []
+            for plan in plans:
+                outcomes.append(await self._ainvoke(plan))
+                if isinstance(outcomes[-1], _InfraFailure):
+                    break
+            early = self._finish_step(action, plans, outcomes)
+        if isinstance(early, _Ending):
+            loop = asyncio.get_running_loop()
+            grade = await loop.run_in_executor(_GRADE_POOL, self._grade, early.summary)
+            return self._graded(early, grade)
+        return early
 
     def render(self) -> str | None:
         """With ``render_mode="ansi"``, the transcript so far as text."""
@@ -340,7 +376,7 @@ class TextEnv(gym.Env[str, str]):
 
     # ---- step internals ------------------------------------------------------------------------
 
-    def _begin_step(self, action: str) -> tuple[list[_Plan], Any]:
+    def _begin_step(self, action: str) -> tuple[list[_Plan], StepResult | _Ending | None]:
         """Validates the action and decides what to do; returns an early result for non-calls."""
         if self._done or self.task is None:
             raise RuntimeError("the episode is over: call reset() before step()")
@@ -352,6 +388,12 @@ class TextEnv(gym.Env[str, str]):
 
         answer = self.answer_extractor(action)
         if answer is not None:
+            problem = None if answer.error is not None else text_problem(answer.value)
+            if problem is not None:
+                # The agent's answer decodes to text no file, database or socket can take (a
+                # lone surrogate escape): a malformed answer, scored as such, not a grader crash.
+                error = f"final answer: {problem}"
+                answer = FinalAnswer(raw=answer.raw, error=error)
             status = Status.OK if answer.error is None else Status.FORMAT_ERROR
             return [], self._end([], [], status, answer, terminated=True, format_error=False)
 
@@ -365,8 +407,13 @@ class TextEnv(gym.Env[str, str]):
         return plans, None
 
     def _plan(self, index: int, call: ParsedCall) -> _Plan:
+        # The record keeps what the agent wrote, with any lone surrogate written back as its
+        # escape so that logs and the learner can encode it; the tool only ever runs on
+        # arguments that passed ``validate``, which refuses such text (so they equal these).
         record = ToolCallRecord(
-            id=f"call_{self._turn}_{index}", name=call.name, arguments=call.arguments
+            id=f"call_{self._turn}_{index}",
+            name=escape_surrogates(call.name),
+            arguments=escape_surrogates(call.arguments),
         )
         if index >= self.max_tool_calls_per_turn:
             record.error = (
@@ -375,7 +422,7 @@ class TextEnv(gym.Env[str, str]):
         elif call.error is not None:
             record.error = f"malformed tool call: {call.error}"
         elif call.name not in self._tools:
-            record.error = self.unknown_tool_error(call.name)
+            record.error = self.unknown_tool_error(record.name)
         else:
             tool = self._tools[call.name]
             problem = tool.validate(call.arguments)
@@ -429,7 +476,7 @@ class TextEnv(gym.Env[str, str]):
 
     def _finish_step(
         self, action: str, plans: list[_Plan], outcomes: list[str | BaseException]
-    ) -> tuple[str, float, bool, bool, dict[str, Any]]:
+    ) -> StepResult | _Ending:
         messages: list[dict[str, JSON]] = []
         records: list[ToolCallRecord] = []
         infra: _InfraFailure | None = None
@@ -463,7 +510,7 @@ class TextEnv(gym.Env[str, str]):
         records: list[ToolCallRecord],
         *,
         format_error: bool,
-    ) -> tuple[str, float, bool, bool, dict[str, Any]]:
+    ) -> StepResult | _Ending:
         observation = self._observe(messages)
         if self._turn >= self.max_turns or self._over_budget():
             return self._end(
@@ -498,7 +545,8 @@ class TextEnv(gym.Env[str, str]):
         terminated: bool,
         format_error: bool = False,
         observed: str | None = None,
-    ) -> tuple[str, float, bool, bool, dict[str, Any]]:
+    ) -> _Ending:
+        """Closes the episode; what is left is grading (:meth:`_grade`) and :meth:`_graded`."""
         assert self.task is not None
         observation = observed if observed is not None else self._observe(messages)
         self._done = True
@@ -512,23 +560,40 @@ class TextEnv(gym.Env[str, str]):
             invalid_tool_calls=self._counts["invalid_tool_calls"],
             format_errors=self._counts["format_errors"],
         )
-        # The evaluation is computed before and independently of the reward. Grading that fails
-        # for infrastructure reasons (ToolInfraError, e.g. a sandbox that cannot start) ends the
-        # episode like a tool's infrastructure failure; any other exception is a bug and is raised.
+        info = self._step_info(messages, records, format_error)
+        info["final_answer"] = None if answer is None else answer.to_dict()
+        return _Ending(observation, info, summary, terminated)
+
+    def _grade(self, summary: EpisodeSummary) -> tuple[Status, float, dict[str, JSON]]:
+        """Grades a finished episode: ``(status, reward, evaluation)``.
+
+        The evaluation is computed before and independently of the reward. Grading that fails for
+        infrastructure reasons (ToolInfraError, e.g. a sandbox that cannot start) ends the episode
+        like a tool's infrastructure failure; any other exception is a bug and is raised. Safe to
+        run on another thread: the episode is over, nothing else touches it meanwhile.
+        """
+        status = summary.status
         try:
             summary = dataclasses.replace(summary, grade=self.grade_episode(summary))
             evaluation = self.evaluator(summary)
             failed = status in (Status.INFRA_ERROR, Status.TIMEOUT)
             reward = 0.0 if failed else float(self.reward_fn(summary))
         except ToolInfraError as e:
-            status, terminated, reward = Status.INFRA_ERROR, False, 0.0
             error = f"{type(e).__name__}: {e}"
-            evaluation = {"success": False, "status": str(status), "error": error}
-        info = self._step_info(messages, records, format_error)
-        info["final_answer"] = None if answer is None else answer.to_dict()
+            return (
+                Status.INFRA_ERROR,
+                0.0,
+                {"success": False, "status": "infra_error", "error": error},
+            )
+        return status, reward, evaluation
+
+    def _graded(self, ending: _Ending, grade: tuple[Status, float, dict[str, JSON]]) -> StepResult:
+        status, reward, evaluation = grade
+        terminated = ending.terminated and status != Status.INFRA_ERROR
+        info = ending.info
         info["eval"] = evaluation
         info["status"] = str(status)
-        return observation, reward, terminated, not terminated, info
+        return ending.observation, reward, terminated, not terminated, info
 
     def _step_info(
         self, messages: list[dict[str, JSON]], records: list[ToolCallRecord], format_error: bool

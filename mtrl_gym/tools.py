@@ -5,12 +5,19 @@ Python function (schema from its signature and Google-style docstring) or from a
 (OpenAI function JSON, or a Bedrock ``toolSpec``), so the agent sees exactly what a deployed
 system declares. Arguments are validated against the schema before the callable runs.
 
-Two exception types separate who is at fault, because the trainer treats them differently:
+Who is at fault decides what the trainer does, so the rule is strict:
 
-- :class:`ToolError`: the agent's call was wrong (record not found, bad value). The environment
-  shows ``Error: ...`` and the episode continues.
-- Any other exception, or :class:`ToolInfraError`: the tool's infrastructure failed. The episode
-  ends with status ``infra_error`` and is excluded from training rather than scored 0.
+- Everything the agent's text decides is checked *before* the callable runs, and a violation is
+  the agent's mistake (``Error: ...`` shown to it, the episode goes on, the outcome is scored):
+  arguments against the schema, then against the callable's own signature (unexpected or missing
+  names, even when the schema leaves ``additionalProperties`` open) and its simple type hints
+  (wrong types, even when the schema declares none), and text that is not valid Unicode.
+- :class:`ToolError` raised by the callable: the agent's call was wrong in a way only the tool
+  can tell (record not found, bad value). Shown to the agent like the above.
+- Any other exception, or :class:`ToolInfraError`: the tool's own machinery failed. The episode
+  ends with status ``infra_error`` and is excluded from training rather than scored 0. Since the
+  checks above run first, agent text cannot reach this branch through a well-typed callable; a
+  tool whose body raises ``TypeError`` on values its schema and hints allow has a bug.
 
 Non-goals: running tools (see ``mtrl_gym.core``) and isolating untrusted code (``sandbox``).
 """
@@ -29,7 +36,7 @@ from typing import Any, Literal, get_args, get_origin
 
 import jsonschema
 
-from mtrl_gym.types import JSON, copy_json
+from mtrl_gym.types import JSON, copy_json, text_problem
 
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,63}$")
 
@@ -75,6 +82,11 @@ class Tool:
     fn: Callable[..., Any]
     timeout_s: float | None = None
     _validator: Any = field(default=None, repr=False, compare=False)
+    # The callable's signature (None when it has none Python can read, e.g. some builtins) and a
+    # validator built from its type hints: the checks that keep an agent's extra, missing or
+    # mistyped argument from reaching the body as a TypeError (see the module docstring).
+    _signature: inspect.Signature | None = field(default=None, repr=False, compare=False)
+    _hint_validator: Any = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
@@ -92,6 +104,16 @@ class Tool:
             raise ValueError(f"tool {self.name!r}: invalid parameters schema: {e.message}") from e
         # Compiling the validator once per tool keeps validation cheap on the hot path.
         object.__setattr__(self, "_validator", validator_cls(self.parameters))
+        signature = _signature_of(self.fn)
+        object.__setattr__(self, "_signature", signature)
+        if signature is not None:
+            for p in signature.parameters.values():
+                if p.kind is p.POSITIONAL_ONLY and p.default is p.empty:
+                    # Tools are called with keywords only, so this one could never be called.
+                    raise ValueError(f"tool {self.name!r}: positional-only parameter {p.name!r}")
+            hints = _hint_schema(self.fn, signature)
+            if hints is not None:
+                object.__setattr__(self, "_hint_validator", jsonschema.Draft202012Validator(hints))
 
     @property
     def is_async(self) -> bool:
@@ -111,14 +133,55 @@ class Tool:
         }
 
     def validate(self, arguments: Any) -> str | None:
-        """Returns a clear message if ``arguments`` violate the schema, else ``None``."""
+        """Returns a clear message if the agent's ``arguments`` cannot be passed, else ``None``.
+
+        Checks, in order: a JSON object; valid Unicode text; the schema; the callable's
+        signature (names); its type hints. Anything this accepts reaches ``fn`` as keywords it
+        can bind.
+
+        >>> t = Tool.from_openai({"name": "f", "parameters": {"type": "object"}}, lambda a: a)
+        >>> t.validate({"a": 1, "b": 2})
+        "unexpected argument 'b' (f takes: a)"
+        >>> t.validate({})
+        "missing required argument 'a' (f takes: a)"
+        """
         if not isinstance(arguments, dict):
             return f"arguments must be a JSON object, got {type(arguments).__name__}"
-        error = jsonschema.exceptions.best_match(self._validator.iter_errors(arguments))
-        if error is None:
+        problem = text_problem(arguments)
+        if problem is not None:
+            return f"argument {problem}"
+        for validator in (self._validator, self._hint_validator):
+            if validator is None:
+                continue
+            error = jsonschema.exceptions.best_match(validator.iter_errors(arguments))
+            if error is not None:
+                where = ".".join(str(p) for p in error.absolute_path)
+                return f"argument '{where}': {error.message}" if where else error.message
+        return self._binding_problem(arguments)
+
+    def _binding_problem(self, arguments: dict[str, Any]) -> str | None:
+        """Says why ``fn(**arguments)`` cannot bind, without calling it."""
+        sig = self._signature
+        if sig is None:
             return None
-        where = ".".join(str(p) for p in error.absolute_path)
-        return f"argument '{where}': {error.message}" if where else error.message
+        params = sig.parameters.values()
+        if any(p.kind is p.VAR_KEYWORD for p in params):
+            named = set()  # **kwargs takes any name
+        else:
+            named = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        takes = ", ".join(
+            p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        )
+        takes = f" ({self.name} takes: {takes or 'no arguments'})"
+        if named:
+            unexpected = sorted(set(arguments) - named)
+            if unexpected:
+                return f"unexpected argument {unexpected[0]!r}{takes}"
+        for p in params:
+            needs_value = p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+            if needs_value and p.default is p.empty and p.name not in arguments:
+                return f"missing required argument {p.name!r}{takes}"
+        return None
 
     def __call__(self, **arguments: Any) -> Any:
         """Calls the implementation directly (no validation; the environment validates)."""
@@ -243,6 +306,40 @@ def render_result(value: Any) -> str:
 
 
 # ---- schema from Python types -----------------------------------------------------------------
+
+
+def _signature_of(fn: Callable[..., Any]) -> inspect.Signature | None:
+    """The callable's signature, or ``None`` where Python cannot tell it (some builtins)."""
+    try:
+        return inspect.signature(fn)
+    except (TypeError, ValueError):
+        return None
+
+
+def _hint_schema(fn: Callable[..., Any], signature: inspect.Signature) -> dict[str, JSON] | None:
+    """A schema of the parameters whose type hints map to JSON types, or ``None`` if none do.
+
+    Used beside a declared schema (e.g. one from ``from_openai`` that gives no types), so an
+    argument the callable's hints reject is the agent's mistake before the body runs. Hints that
+    cannot be described (custom classes, unresolvable forward references) are skipped: only
+    what is certain is enforced.
+    """
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:  # noqa: BLE001 - unresolvable hints only mean nothing to enforce
+        return None
+    properties: dict[str, JSON] = {}
+    for pname, param in signature.parameters.items():
+        if pname not in hints or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        try:
+            prop = _type_to_schema(hints[pname], pname)
+        except ValueError:
+            continue
+        if prop:
+            properties[pname] = prop
+    return {"type": "object", "properties": properties} if properties else None
+
 
 _SIMPLE_TYPES: dict[Any, str] = {
     str: "string",

@@ -129,3 +129,72 @@ def _copy_json(value: JSON) -> JSON:
 
 
 copy_json = _copy_json
+
+
+def text_problem(value: JSON, where: str = "") -> str | None:
+    r"""Says where a JSON value holds text that is not valid Unicode, or ``None`` if it is clean.
+
+    ``json.loads`` turns the six ASCII characters ``\ud800`` into a lone UTF-16 surrogate: a
+    Python ``str`` that cannot be encoded as UTF-8, so it breaks whatever writes it to a file, a
+    database or a socket. Agents can write such escapes, so environments check decoded arguments
+    and answers with this function and show the problem to the agent as its own mistake.
+
+    Args:
+        value: A decoded JSON value (keys are checked too).
+        where: Path prefix for the message (e.g. ``"argument 'query'"``).
+
+    Returns:
+        A message naming the place and the code point, or ``None``.
+
+    >>> text_problem({"q": "ok", "bad": ["x", "a\ud800"]})
+    "'bad[1]' holds a lone surrogate \\ud800 at position 1, which is not valid Unicode text"
+    >>> text_problem({"q": "caf\u00e9"}) is None
+    True
+    """
+    if isinstance(value, str):
+        for i, ch in enumerate(value):
+            if "\ud800" <= ch <= "\udfff":
+                # Well-formed pairs never survive json.loads as two code units, so any surrogate
+                # code point left in a str is unpaired.
+                label = f"'{where}'" if where else "the text"
+                return (
+                    f"{label} holds a lone surrogate \\u{ord(ch):04x} at position {i}, "
+                    "which is not valid Unicode text"
+                )
+        return None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            key = escape_surrogates(str(k))  # the message itself must stay encodable
+            problem = text_problem(str(k), f"{where}.{key}" if where else key)
+            if problem is None:
+                problem = text_problem(v, f"{where}.{key}" if where else key)
+            if problem is not None:
+                return problem
+        return None
+    if isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            problem = text_problem(v, f"{where}[{i}]")
+            if problem is not None:
+                return problem
+    return None
+
+
+def escape_surrogates(value: JSON) -> JSON:
+    r"""Returns ``value`` with every lone surrogate written back as its six-character escape.
+
+    Records of what the agent wrote keep the information (``"\ud800"`` becomes the text
+    ``\ud800``, as the agent typed it) and stay encodable as UTF-8 for logs, traces and the
+    learner. Clean values come back equal (strings are returned unchanged).
+
+    >>> escape_surrogates({"k": ["a\ud800", 1]})
+    {'k': ['a\\ud800', 1]}
+    """
+    if isinstance(value, str):
+        if not any("\ud800" <= ch <= "\udfff" for ch in value):
+            return value
+        return "".join(f"\\u{ord(ch):04x}" if "\ud800" <= ch <= "\udfff" else ch for ch in value)
+    if isinstance(value, dict):
+        return {escape_surrogates(k): escape_surrogates(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [escape_surrogates(v) for v in value]
+    return value
