@@ -41,6 +41,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+# ``--env`` / ``env.id`` prefix naming a SOP-Bench domain folder (evaluation only, never trained).
+SOP_BENCH_PREFIX = "sop-bench:"
+
 
 class UsageError(Exception):
     """Bad input to a subcommand; reported as one line on stderr, exit status 2."""
@@ -110,6 +113,28 @@ def _rate(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"  # None: every episode an infra failure
 
 
+def _refuse_eval_only(env_id: str) -> None:
+    """Refuses a ``sop-bench:DIR`` id before anything is built.
+
+    Such ids are not Gymnasium ids (only ``mtrl eval`` and ``mtrl sop-bench`` open them), so
+    without this the trainer would stop on Gymnasium's "Malformed environment ID" instead of
+    saying why SOP-Bench can never be trained on.
+
+    Raises:
+        EvalOnlyError: ``env_id`` names a SOP-Bench domain.
+    """
+    if not env_id.startswith(SOP_BENCH_PREFIX):
+        return
+    from mtrl_envs.sop_bench import EVAL_ONLY_REASON, LICENCE_NOTICE
+    from mtrl_gym import EvalOnlyError
+
+    raise EvalOnlyError(
+        f"env.id {env_id!r} is evaluation-only and cannot be used for training: "
+        f"{EVAL_ONLY_REASON}. {LICENCE_NOTICE} Evaluate it with `mtrl eval --env {env_id}` "
+        "or `mtrl sop-bench`."
+    )
+
+
 def _train(argv: list[str]) -> dict[str, Any]:
     args = _parse_config_args("mtrl train", "RL training of one run config", argv)
     from mtrl_jax.distributed import initialize_from_env
@@ -121,6 +146,7 @@ def _train(argv: list[str]) -> dict[str, Any]:
     except ValueError as err:  # malformed MTRL_* variables: bad input, one line
         raise UsageError(str(err)) from None
     cfg = _load_run_config(args.args)
+    _refuse_eval_only(cfg.env.id)
     from mtrl_jax.trainer import Trainer
 
     out = Trainer(cfg, progress=not args.no_progress).run()
@@ -135,6 +161,7 @@ def _train(argv: list[str]) -> dict[str, Any]:
 def _sft(argv: list[str]) -> dict[str, Any]:
     args = _parse_config_args("mtrl sft", "supervised warm start only", argv)
     cfg = _load_run_config(args.args)
+    _refuse_eval_only(cfg.env.id)
     if cfg.sft.steps < 1:
         raise UsageError("sft.steps is 0: nothing to do; set sft.steps=N (N >= 1)")
     from mtrl_jax.trainer import Trainer
@@ -237,8 +264,6 @@ def load_model(path: str | Path) -> tuple[Any, Any, dict[str, Any]]:
 
 
 # --- eval ---------------------------------------------------------------------------------------
-
-SOP_BENCH_PREFIX = "sop-bench:"
 
 
 def _eval_parser() -> argparse.ArgumentParser:

@@ -9,8 +9,11 @@ with the row's output columns, rendered so that they score 100% under the strict
 Arguments come from the plan: ``input`` (the value as presented, NaN as ``"nan"``),
 ``input_parsed`` (the presented text parsed as a Python literal or split on commas), ``out`` (a
 value from an earlier call's result; ``key: null`` takes the whole result), ``hidden`` (a row
-value the agent would have to infer) or ``const``. A missing value from a row or a result is sent
-as JSON ``null``, since JSON has no NaN.
+value the agent would have to infer) or ``const``. An ``out`` value is sent the way an agent that
+copies the result text would write it: a result prints NaN as the bare token ``NaN``
+(``json.dumps``), so the call carries ``NaN`` too, and the tool-call parsers (Python's ``json``)
+read it back as the float NaN, which passes a ``truthy`` check as it does upstream (``Infinity``
+likewise). A missing ``hidden`` row value is sent as JSON ``null``.
 
 An outcome that contradicts ``expect`` raises :class:`AssertionError`: the plan encodes what
 upstream does, so a disagreement means the engine (or the behaviour file) is wrong.
@@ -31,6 +34,9 @@ from mtrl_envs.sop.table import is_na, present
 
 RenderCalls = Callable[[Sequence[tuple[str, Mapping[str, Any]]]], str]
 _FAILED = object()  # marks a tool whose latest call returned an error
+# Stands in for a non-finite float while a format renders the calls (the renderers emit strict
+# JSON and refuse NaN); plain ASCII, so no format escapes it.
+_PLACEHOLDER = "__mtrl_oracle_{}__"
 
 
 def condition_holds(cond: Mapping[str, Any], row: Mapping[str, Any]) -> bool:
@@ -63,6 +69,41 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [json_safe(v) for v in value]
     return value
+
+
+def _mark_non_finite(value: Any, tokens: list[str]) -> Any:
+    """Replaces each non-finite float by a placeholder string; ``tokens`` gets its JSON token."""
+    if isinstance(value, float) and not math.isfinite(value):
+        token = json.dumps(value)  # NaN, Infinity or -Infinity, as a tool result prints it
+        tokens.append(token)
+        return _PLACEHOLDER.format(token)
+    if isinstance(value, dict):
+        return {k: _mark_non_finite(v, tokens) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_mark_non_finite(v, tokens) for v in value]
+    return value
+
+
+def render_copied(render_calls: RenderCalls, calls: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
+    """Renders tool calls, writing non-finite floats as the bare tokens a result shows.
+
+    ``json.dumps`` prints NaN in a tool result as ``NaN``; an agent copying it into a call writes
+    ``NaN`` too, which the tool-call parsers (Python's ``json``) read as the float NaN. The
+    formats' renderers emit strict JSON, so the value goes through them as a placeholder string
+    that is then swapped for the token.
+
+    >>> render_copied(lambda calls: json.dumps(calls[0][1]), [("t", {"x": float("nan")})])
+    '{"x": NaN}'
+    """
+    tokens: list[str] = []
+    marked = [(name, _mark_non_finite(dict(args), tokens)) for name, args in calls]
+    text = render_calls(marked)
+    for token in set(tokens):
+        quoted = json.dumps(_PLACEHOLDER.format(token))
+        if text.count(quoted) != tokens.count(token):
+            raise ValueError(f"cannot write {token} in these calls: the format changed {quoted}")
+        text = text.replace(quoted, token)
+    return text
 
 
 def batches(steps: Sequence[Mapping[str, Any]], max_calls: int) -> list[list[Mapping[str, Any]]]:
@@ -125,7 +166,7 @@ class OraclePolicy:
         calls = [
             (s["tool"], {k: self._value(v) for k, v in s["args"].items()}) for s in self._pending
         ]
-        return self.render_calls(calls)
+        return render_copied(self.render_calls, calls)
 
     def _fail(self, message: str) -> AssertionError:
         return AssertionError(f"oracle on task {self.task_id!r}: {message}")
@@ -148,11 +189,12 @@ class OraclePolicy:
         result = self._results.get(source["out"], _FAILED)
         if result is _FAILED:
             raise self._fail(f"step needs a result of {source['out']}, which has none")
+        # Not json_safe: the value is copied as the result text shows it, NaN included.
         if source["key"] is None:
-            return json_safe(result)
+            return result
         if not isinstance(result, dict) or source["key"] not in result:
             raise self._fail(f"{source['out']} returned {result!r}, without {source['key']!r}")
-        return json_safe(result[source["key"]])
+        return result[source["key"]]
 
     def _check(self, steps: Sequence[Mapping[str, Any]], records: Any) -> None:
         if not isinstance(records, list) or len(records) != len(steps):

@@ -118,6 +118,43 @@ def _provenance(suite: SopSuite) -> dict[str, Any]:
     }
 
 
+def _play_domain(
+    suite: SopSuite,
+    *,
+    limit: int | None,
+    agent: Callable[[gym.Env, int], Callable[[str, dict[str, Any]], str]],
+    tool_format: str,
+    concurrency: int,
+    seed: int,
+) -> dict[str, Any]:
+    """Plays the first ``limit`` tasks (all when None) of one domain; returns its metrics."""
+    n_tasks = len(suite.tasks())
+    count = n_tasks if limit is None else min(limit, n_tasks)
+    envs = [SopBenchEnv(suite, tool_format=tool_format) for _ in range(count)]
+    try:
+        jobs = [
+            EpisodeJob(env=env, policy=agent(env, seed + i), options={"task_index": i}, tag=i)
+            for i, env in enumerate(envs)
+        ]
+        results = EpisodeRunner(max_concurrency=concurrency).run_sync(jobs)
+    finally:
+        for env in envs:
+            env.close()
+    return suite_metrics(results)
+
+
+def _failed_metrics(error: Exception) -> dict[str, Any]:
+    """A domain entry for a run that raised: every count and rate ``None``, and the error.
+
+    ``None`` rather than zeros, so that nothing reads as "N tasks scored, none correct"; the
+    macro average skips ``None`` rates.
+    """
+    return {
+        **dict.fromkeys(suite_metrics([]), None),
+        "error": {"type": type(error).__name__, "message": str(error)},
+    }
+
+
 def run_benchmark(
     data: str | Path,
     *,
@@ -132,6 +169,10 @@ def run_benchmark(
 ) -> dict[str, Any]:
     """Plays every task (or the first ``limit``) of every domain and builds the report.
 
+    A domain that cannot be loaded, or whose run raises (an oracle whose plan disagrees with the
+    engine raises :class:`AssertionError`), fails alone: it is listed in ``errors`` and the other
+    domains still run.
+
     Args:
         data: See :func:`discover_domains`.
         specs: See :func:`discover_domains`.
@@ -144,8 +185,11 @@ def run_benchmark(
         seed: Base seed for agents that sample.
 
     Returns:
-        The report: per-domain metrics (TSR strict and compatible, ECR, C-TSR, tool-call success,
-        counts), macro averages over the domains that ran, provenance, and per-domain errors.
+        The report. ``domains`` holds one entry per domain that loaded: metrics (TSR strict and
+        compatible, ECR, C-TSR, tool-call success, counts), provenance, and ``error``: ``None``,
+        or ``{"type", "message"}`` of the exception that stopped its run, in which case every
+        count and rate is ``None``. ``macro`` averages the domains that ran; ``errors`` maps every
+        failed domain (not loaded, or stopped) to a one-line message.
     """
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be >= 1, got {limit}")
@@ -158,17 +202,23 @@ def run_benchmark(
         except SopSpecError as e:  # includes unsupported domains, with their reason
             errors[source.name] = str(e)
             continue
-        n_tasks = len(suite.tasks())
-        count = n_tasks if limit is None else min(limit, n_tasks)
-        envs = [SopBenchEnv(suite, tool_format=tool_format) for _ in range(count)]
-        jobs = [
-            EpisodeJob(env=env, policy=agent(env, seed + i), options={"task_index": i}, tag=i)
-            for i, env in enumerate(envs)
-        ]
-        results = EpisodeRunner(max_concurrency=concurrency).run_sync(jobs)
-        for env in envs:
-            env.close()
-        per_domain[source.name] = {**suite_metrics(results), **_provenance(suite)}
+        try:
+            metrics = {
+                **_play_domain(
+                    suite,
+                    limit=limit,
+                    agent=agent,
+                    tool_format=tool_format,
+                    concurrency=concurrency,
+                    seed=seed,
+                ),
+                "error": None,
+            }
+        except Exception as e:  # one domain's failure must not lose the others' results
+            metrics = _failed_metrics(e)
+            errors[source.name] = f"{type(e).__name__}: {e}"
+        per_domain[source.name] = {**metrics, **_provenance(suite)}
+    ran = {name: m for name, m in per_domain.items() if m["error"] is None}
     return {
         "benchmark": "SOP-Bench",
         "licence": LICENCE_NOTICE,
@@ -176,7 +226,7 @@ def run_benchmark(
         "tool_format": tool_format,
         "limit": limit,
         "domains": per_domain,
-        "macro": macro_average(per_domain) if per_domain else {},
+        "macro": macro_average(ran) if ran else {},
         "errors": errors,
         "wall_s": round(time.perf_counter() - start, 3),
     }

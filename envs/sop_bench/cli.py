@@ -5,7 +5,9 @@ Usage::
     mtrl sop-bench --data DIR [--specs DIR] [--domains a,b] [--limit N]
                    --agent oracle|random --out report.json
 
-Every run prints the licence notice first: SOP-Bench is CC BY-NC 4.0, evaluation only.
+Every run prints the licence notice first: SOP-Bench is CC BY-NC 4.0, evaluation only. The
+report is always written, with every domain; when any domain failed (could not be loaded, or its
+run raised) the command then exits with status 1.
 Non-goals: model agents (they join when the learner's eval job exists).
 """
 
@@ -46,7 +48,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Runs the benchmark; returns the report it wrote."""
+    """Runs the benchmark and writes the report.
+
+    Returns:
+        The report, when every domain ran.
+
+    Raises:
+        SystemExit: With status 1 after writing the report, when a domain failed.
+    """
     args = build_parser().parse_args(argv)
     print(f"NOTICE: {LICENCE_NOTICE}", file=sys.stderr)
     domains = [d.strip() for d in args.domains.split(",") if d.strip()] if args.domains else None
@@ -64,6 +73,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     for name, metrics in sorted(report["domains"].items()):
+        if metrics["error"] is not None:
+            continue  # printed with the errors below
         print(
             f"{name:32s} tasks={metrics['tasks']:4d} TSR={metrics['tsr']:.3f} "
             f"TSR(compat)={metrics['tsr_compatible']:.3f} ECR={metrics['ecr']:.3f}"
@@ -74,6 +85,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if macro:
         print(f"{'macro':32s} TSR={macro['tsr']:.3f} TSR(compat)={macro['tsr_compatible']:.3f}")
     print(f"report written to {args.out}")
+    if report["errors"]:
+        failed = ", ".join(sorted(report["errors"]))
+        print(
+            f"mtrl sop-bench: {len(report['errors'])} domain(s) failed: {failed}", file=sys.stderr
+        )
+        raise SystemExit(1)
     return report
 
 

@@ -1,6 +1,11 @@
-"""SOP-Bench adapter tests: they read ../shared/sop_bench and skip when it is absent."""
+"""SOP-Bench adapter tests.
+
+Most read ../shared/sop_bench and skip when it is absent; the failure-handling tests use small
+synthetic domains (``tests.envs.sop.synthetic``) and always run.
+"""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -18,11 +23,12 @@ from mtrl_envs.sop_bench import (
 )
 from mtrl_gym import EvalOnlyError, ensure_trainable
 from mtrl_gym.cli import AGENTS
+from tests.envs.sop.synthetic import build_suite
 
 SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "sop_bench"
 DOMAINS = sorted(p.name for p in SHARED.iterdir() if p.is_dir()) if SHARED.is_dir() else []
 
-pytestmark = pytest.mark.skipif(
+needs_data = pytest.mark.skipif(
     not SHARED.is_dir(),
     reason=f"SOP-Bench data not found at {SHARED} (evaluation-only data, never in the repo)",
 )
@@ -40,6 +46,7 @@ def _upstream_copy(tmp_path: Path, domains: list[str]) -> tuple[Path, Path]:
     return data, specs
 
 
+@needs_data
 def test_sop_bench__oracle_scores_100_strict_on_every_domain():
     report = run_benchmark(SHARED, agent=AGENTS["oracle"], agent_name="oracle")
     assert sorted(report["domains"]) == DOMAINS and report["errors"] == {}
@@ -50,12 +57,14 @@ def test_sop_bench__oracle_scores_100_strict_on_every_domain():
     assert report["licence"] == LICENCE_NOTICE
 
 
+@needs_data
 def test_sop_bench__random_agent_near_zero_without_exceptions():
     report = run_benchmark(SHARED, limit=5, agent=AGENTS["random"], agent_name="random")
     assert report["errors"] == {} and report["macro"]["tsr"] == 0.0
     assert all(m["tasks"] == 5 for m in report["domains"].values())
 
 
+@needs_data
 def test_sop_bench__provenance_hashes_the_domain_files():
     import hashlib
 
@@ -70,6 +79,7 @@ def test_sop_bench__provenance_hashes_the_domain_files():
     assert set(prov["sha256"]) == {"sop", "toolspecs", "metadata", "csv"}
 
 
+@needs_data
 def test_sop_bench__separate_spec_folder_layout_gives_the_same_result(tmp_path):
     data, specs = _upstream_copy(tmp_path, DOMAINS[:2])
     a = run_benchmark(data, specs=specs, limit=10, agent=AGENTS["oracle"], agent_name="oracle")
@@ -79,6 +89,7 @@ def test_sop_bench__separate_spec_folder_layout_gives_the_same_result(tmp_path):
     assert a["domains"] == b["domains"] and a["errors"] == {}
 
 
+@needs_data
 def test_sop_bench__bad_inputs_name_the_file_and_other_domains_still_run(tmp_path):
     data, specs = _upstream_copy(tmp_path, DOMAINS[:5])
     broken = DOMAINS[:4]
@@ -101,6 +112,7 @@ def test_sop_bench__bad_inputs_name_the_file_and_other_domains_still_run(tmp_pat
     assert report["domains"][DOMAINS[4]]["tsr"] == 1.0
 
 
+@needs_data
 def test_sop_bench__unsupported_domain_is_refused_with_its_reason(tmp_path):
     data, specs = _upstream_copy(tmp_path, DOMAINS[:1])
     spec = json.loads((specs / DOMAINS[0] / "tool_behavior.json").read_text())
@@ -110,6 +122,7 @@ def test_sop_bench__unsupported_domain_is_refused_with_its_reason(tmp_path):
     assert "tools call a live web service" in report["errors"][DOMAINS[0]]
 
 
+@needs_data
 def test_sop_bench__environments_are_eval_only_and_never_registered():
     env = SopBenchEnv(SHARED / DOMAINS[0])
     with pytest.raises(EvalOnlyError, match="SOP-Bench is licensed CC BY-NC 4.0"):
@@ -122,6 +135,7 @@ def test_sop_bench__environments_are_eval_only_and_never_registered():
     assert [d.name for d in discover_domains(SHARED)] == DOMAINS
 
 
+@needs_data
 def test_sop_bench__command_writes_the_report_and_prints_the_licence(tmp_path):
     out = tmp_path / "report.json"
     proc = subprocess.run(
@@ -149,3 +163,47 @@ def test_sop_bench__command_writes_the_report_and_prints_the_licence(tmp_path):
     report = json.loads(out.read_text())
     assert sorted(report["domains"]) == DOMAINS[:2] and report["macro"]["tsr"] == 1.0
     assert "macro" in proc.stdout and str(out) in proc.stdout
+
+
+def _two_synthetic_domains(root: Path) -> Path:
+    """``good`` plays cleanly; ``broken`` has a plan step that wrongly expects an error."""
+
+    def wrong_expectation(b):
+        b["oracle_plan"][0]["expect"] = "error"  # getOrder succeeds: the oracle asserts
+
+    build_suite(root / "good")
+    build_suite(root / "broken", edit=wrong_expectation)
+    return root
+
+
+def test_run_benchmark__an_oracle_error_fails_only_its_domain(tmp_path):
+    data = _two_synthetic_domains(tmp_path / "data")
+    report = run_benchmark(data, agent=AGENTS["oracle"], agent_name="oracle")
+    assert sorted(report["domains"]) == ["broken", "good"]
+    good, broken = report["domains"]["good"], report["domains"]["broken"]
+    assert good["error"] is None and good["tasks"] == 3 and good["tsr"] == 1.0
+    assert broken["error"]["type"] == "AssertionError"
+    # Episodes run concurrently: whichever task fails first is the one reported.
+    assert re.match(r"oracle on task '\d': getOrder\(", broken["error"]["message"])
+    # Nothing was scored: no count or rate pretends otherwise.
+    assert all(broken[k] is None for k in ("tasks", "completed", "correct", "tsr", "ecr"))
+    assert broken["sha256"] == good["sha256"]  # provenance is still recorded
+    assert report["errors"] == {"broken": f"AssertionError: {broken['error']['message']}"}
+    assert report["macro"]["tsr"] == 1.0  # the macro average covers the domains that ran
+
+
+def test_sop_bench_cli__a_failed_domain_exits_non_zero_after_writing_the_report(tmp_path, capsys):
+    from mtrl_jax import cli
+
+    data = _two_synthetic_domains(tmp_path / "data")
+    out = tmp_path / "report.json"
+    argv = ["sop-bench", "--data", str(data), "--agent", "oracle", "--out", str(out)]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code not in (0, None)
+    report = json.loads(out.read_text())
+    assert sorted(report["domains"]) == ["broken", "good"]
+    assert report["domains"]["broken"]["error"]["type"] == "AssertionError"
+    captured = capsys.readouterr()
+    assert "broken" in captured.out and "AssertionError" in captured.out
+    assert "good" in captured.out and "Traceback" not in captured.err

@@ -74,3 +74,17 @@ def test_mtrl__train_options_may_follow_the_config(argv):
     args = cli._parse_config_args("mtrl train", "test", argv)
     assert args.no_progress is True
     assert args.args == ["quickstart", "steps=1"]
+
+
+@pytest.mark.parametrize("command", ["train", "sft"])
+def test_mtrl__training_on_a_sop_bench_env_id_is_refused(command, tmp_path, capsys):
+    # Refused from the id alone, before any environment or model is built: the folder may even
+    # be missing.
+    argv = [command, "quickstart", f"env.id=sop-bench:{tmp_path}", f"out_dir={tmp_path}"]
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"mtrl {command}: error: "), err
+    assert "evaluation-only" in err[0] and "CC BY-NC 4.0" in err[0]
+    assert not list(tmp_path.iterdir())  # no run folder was started

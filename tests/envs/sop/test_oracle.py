@@ -1,6 +1,7 @@
 """The oracle plays the plan as real tool calls, checks every expectation, and scores 100%."""
 
 import json
+import math
 
 import pytest
 
@@ -117,3 +118,34 @@ def test_oracle__answer_is_the_rows_outputs_as_json(suite):
     record = play(env, seed=None, options={"task_index": 0}, oracle=True)
     answer = record[-1]["action"].removeprefix("<final_output>").removesuffix("</final_output>")
     assert json.loads(answer) == {"status": "shipped", "ok": True}
+
+
+def _nan_flows_into_a_truthy_check(b):
+    # getDetails returns score_nan = NaN for O-2 (empty score); stubEcho now requires a truthy
+    # level and echoes it back. NaN is truthy in Python, so upstream passes the check.
+    b["tools"]["stubEcho"]["validate"] = [
+        {"rule": "truthy", "args": ["level"], "error": "Missing level"}
+    ]
+    b["oracle_plan"][-1] = {
+        "tool": "stubEcho",
+        "args": {"level": {"out": "getDetails", "key": "score_nan"}},
+    }
+
+
+@pytest.mark.parametrize("tool_format", ["hermes", "json", "react"])
+def test_oracle__copies_a_nan_result_value_as_nan_past_a_truthy_check(tmp_path, tool_format):
+    env = SopEnv(
+        build_suite(tmp_path / "s", edit=_nan_flows_into_a_truthy_check), tool_format=tool_format
+    )
+    record = play(env, seed=None, options={"task_index": 1}, oracle=True)  # O-2: empty score
+    details = [c for s in record[1:] for c in s["info"]["tool_calls"] if c["name"] == "getDetails"]
+    assert '"score_nan": NaN' in details[0]["result"]  # the text the agent reads
+    (step,) = [s for s in record[1:] if "stubEcho" in s["action"]]
+    # The call text carries the token as read: a bare NaN, which the JSON parser reads back as
+    # the float NaN, not null (which would fail the truthy check).
+    assert "NaN" in step["action"] and "null" not in step["action"]
+    (echo,) = [c for c in step["info"]["tool_calls"] if c["name"] == "stubEcho"]
+    assert echo["error"] is None and math.isnan(echo["arguments"]["level"])
+    assert echo["result"] == '{"level": NaN, "list": [1, 2]}'
+    assert record[-1]["reward"] == 1.0
+    env.close()
