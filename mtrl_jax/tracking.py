@@ -96,6 +96,15 @@ class Tracker(abc.ABC):
     ) -> None:
         """Logs one trace per episode (see the module docstring for the span layout)."""
 
+    def last_logged_step(self, key: str) -> int | None:
+        """The highest step at which metric ``key`` was logged in this run, or ``None``.
+
+        A resumed run asks this once, to log each step's record exactly once (a step run again
+        after a crash was logged by the interrupted attempt). Trackers that keep nothing
+        return ``None``.
+        """
+        return None
+
     @abc.abstractmethod
     def log_trajectories(
         self, records: Sequence[TrajectoryRecord], step: int, *, tag: str = "train"
@@ -279,6 +288,11 @@ class MlflowTracker(Tracker):
         for i in range(0, len(batch), MAX_METRICS_PER_BATCH):
             self.client.log_batch(self._run_id, metrics=batch[i : i + MAX_METRICS_PER_BATCH])
 
+    def last_logged_step(self, key: str) -> int | None:
+        """The highest step of ``key``'s history in the MLflow run (``None``: never logged)."""
+        history = self.client.get_metric_history(self._run_id, key)
+        return max((int(m.step) for m in history), default=None)
+
     def log_episodes(
         self, records: Sequence[TrajectoryRecord], step: int, *, tag: str = "train"
     ) -> None:
@@ -295,7 +309,9 @@ class MlflowTracker(Tracker):
     def log_trajectories(
         self, records: Sequence[TrajectoryRecord], step: int, *, tag: str = "train"
     ) -> Path | None:
-        """Appends ``records`` to ``run_dir/trajectories/<tag>/step_<step:06d>.jsonl`` and logs it.
+        """Writes ``records`` to ``run_dir/trajectories/<tag>/step_<step:06d>.jsonl`` and logs it.
+
+        The file holds exactly that step's records: writing a step again replaces it.
 
         Files of a tag other than ``"train"`` are evaluation logs, so they accept
         evaluation-only records (see :class:`mtrl_jax.trajectory.TrajectoryWriter`).
@@ -307,7 +323,7 @@ class MlflowTracker(Tracker):
         if not self._trajectories_enabled:
             return None
         path = self.run_dir / "trajectories" / tag / f"step_{step:06d}.jsonl"
-        with TrajectoryWriter(path, evaluation_output=tag != "train") as writer:
+        with TrajectoryWriter(path, evaluation_output=tag != "train", overwrite=True) as writer:
             for record in records:
                 writer.write(record)
         self.client.log_artifact(self._run_id, str(path), f"trajectories/{tag}")

@@ -21,7 +21,9 @@ One :class:`Trainer` runs one :class:`~mtrl_jax.config.RunConfig`:
    learner trains, so generation and training overlap. Every token carries the version that
    sampled it; a round's staleness is ``version_now - oldest version in it``. With
    ``staleness_policy: pause`` the producer does not start round ``r`` before the learner has
-   made ``r - max_staleness`` updates, so the bound holds by construction; with ``drop`` the
+   finished ``r - max_staleness`` rounds; a round raises the policy version at most once (not
+   at all when nothing was left to train on), so the bound holds by construction and an empty
+   round cannot stall the producer; with ``drop`` the
    producer runs freely and the learner drops trajectories older than the bound (counted).
    Old log-probs are recomputed with the learner's current weights before each async update,
    so the loss's IS correction (``train.loss.is_correction``) weighs ``pi_old / mu`` with the
@@ -110,6 +112,11 @@ log = logging.getLogger(__name__)
 # admitted together decides how much prompt it shared); everything else is reproducible
 # across a resume.
 TIMING_PREFIXES = ("perf/", "rollout/episode_s", "rollout/sample_s")
+
+
+# Metrics logged at every step of their kind, last of that step's record: a step whose mark is
+# in the tracking run was fully logged (see ``Trainer._logged_until``).
+_LOG_MARKS = {"train": "staleness/max", "eval": "eval/infra_failures"}
 
 
 class RewardHackingWarning(UserWarning):
@@ -267,6 +274,24 @@ class Trainer:
         self.tracker = tracker if tracker is not None else self._make_tracker(resumed)
         self.tracker.log_params(flatten(cfg))
         self.resumed = resumed is not None
+        # Steps after the checkpoint are run again on resume; the interrupted attempt may have
+        # logged some of them (or more: a corrupt newest checkpoint falls back further). Each
+        # step is recorded once, by the first attempt that logged it, as W&B does with steps it
+        # has seen: the run's metrics, traces and trajectory files then match an uninterrupted
+        # run's (sync runs on one machine re-run a step identically).
+        self._logged_until: dict[str, int] = {}
+        if self.resumed:
+            for kind, key in _LOG_MARKS.items():
+                last = self.tracker.last_logged_step(key)
+                if last is not None and last >= self.step:
+                    self._logged_until[kind] = last
+            if self._logged_until:
+                log.warning(
+                    "resumed at step %d: steps up to %s were logged by the interrupted attempt "
+                    "and are not logged again",
+                    self.step,
+                    self._logged_until,
+                )
 
     # ------------------------------------------------------------------------------ setup
 
@@ -561,9 +586,13 @@ class Trainer:
             try:
                 while not stop.is_set():
                     if a.staleness_policy == "pause":
-                        with progress:  # round r may start once the learner is close enough
+                        # Round r may start once the learner has finished rounds < r - bound.
+                        # Counted in rounds (steps), not versions: an empty round makes no
+                        # update, and waiting on versions would then wait forever. At most one
+                        # version per round keeps staleness <= bound either way.
+                        with progress:
                             progress.wait_for(
-                                lambda r=r: stop.is_set() or self.version >= r - a.max_staleness
+                                lambda r=r: stop.is_set() or self.step >= r - a.max_staleness
                             )
                     if stop.is_set():
                         return
@@ -694,23 +723,29 @@ class Trainer:
             self.totals[name] = self.totals.get(name, 0.0) + metrics.get(name, 0.0)
             metrics[f"tokens_total/{key}"] = self.totals[name]
         self.last_metrics = metrics
-        self.tracker.log_metrics(metrics, step=self.step)
+        self.train_reward = metrics.get("rollout/return_mean", float("nan"))
+        if self._logged("train"):
+            return
         n = self.cfg.tracking.log_episodes
         if n:
             self.tracker.log_episodes(records[:n], step=self.step)
         self.tracker.log_trajectories(records, step=self.step)
-        self.train_reward = metrics.get("rollout/return_mean", float("nan"))
+        self.tracker.log_metrics(metrics, step=self.step)  # last: holds the step's mark
+
+    def _logged(self, kind: str) -> bool:
+        """Whether the interrupted attempt of a resumed run already logged this step's record."""
+        return self.step <= self._logged_until.get(kind, -1)
 
     # ------------------------------------------------------------------ evaluation, saving
 
     def evaluate(self) -> dict[str, Any]:
         """Plays the held-out split with the current weights; logs ``eval/*``; watches hacking."""
         summary, records = self.evaluator.run(self._sampler_model(), version=self.version)
-        metrics = _summary_metrics(summary, "eval")
-        self.tracker.log_metrics(metrics, step=self.step)
-        self.tracker.log_episodes(
-            records[: self.cfg.tracking.log_episodes], step=self.step, tag="eval"
-        )
+        if not self._logged("eval"):
+            self.tracker.log_episodes(
+                records[: self.cfg.tracking.log_episodes], step=self.step, tag="eval"
+            )
+            self.tracker.log_metrics(_summary_metrics(summary, "eval"), step=self.step)
         self.history.append(
             {
                 "step": float(self.step),

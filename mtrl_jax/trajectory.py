@@ -187,19 +187,27 @@ class TrajectoryRecord:
 
 
 class TrajectoryWriter:
-    """Appends records to a JSONL file, one record per line.
+    """Writes records to a JSONL file, one record per line.
 
     Args:
-        path: The file (parent folders are created; an existing file is appended to).
+        path: The file (parent folders are created).
         evaluation_output: The caller declares this file an evaluation log, never read by
             training. Only then are records from evaluation-only environments accepted.
+        overwrite: Start the file afresh instead of appending to an existing one (a file that
+            holds exactly one step's records, written again when that step is run again).
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, evaluation_output: bool = False):
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        evaluation_output: bool = False,
+        overwrite: bool = False,
+    ):
         self.path = Path(path)
         self.evaluation_output = evaluation_output
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = self.path.open("a", encoding="utf-8")
+        self._file = self.path.open("w" if overwrite else "a", encoding="utf-8")
 
     def write(self, record: TrajectoryRecord) -> None:
         """Appends one record.

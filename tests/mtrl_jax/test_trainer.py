@@ -377,6 +377,48 @@ def test_trainer__run_killed_part_way_resumes_exactly(
         np.testing.assert_array_equal(a, b)
 
 
+def _mlflow_record(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every metric's history in a run folder's local MLflow store: key -> [(step, value)]."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{run_dir / 'mlflow.db'}")
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    return {
+        key: sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
+        for key in run.data.metrics
+    }
+
+
+def test_trainer__resumed_run_logs_each_step_once_like_an_uninterrupted_run(
+    resume_runs, out_dir, base_model
+):
+    # The interrupted attempt logged steps 0-1 and the final evaluation at step 2; its newest
+    # checkpoint (step 2) is then corrupt, so the resume falls back to step 1 and runs step 1
+    # and the evaluation again. Before: step 1's metrics twice in MLflow and its trajectory file
+    # holding both attempts' episodes.
+    extra = (*resume_runs["extra"], "steps=2", "tracking.enabled=true", "tracking.log_episodes=0")
+    whole = tiny(out_dir, "logged_whole", base_model, *extra)
+    Trainer(load_config("quickstart", whole), progress=False).run()
+    overrides = tiny(out_dir, "logged_resumed", base_model, *extra)
+    Trainer(load_config("quickstart", overrides), progress=False).run()
+    run_dir = out_dir / "logged_resumed"
+    newest = run_dir / "checkpoints" / "step_00000002" / "MANIFEST.json"
+    newest.write_text("{not json")
+    with pytest.warns(CorruptCheckpointWarning):
+        resumed = Trainer(load_config("quickstart", overrides), progress=False)
+    assert resumed.resumed and resumed.step == 1
+    resumed.run()
+    a, b = _mlflow_record(out_dir / "logged_whole"), _mlflow_record(run_dir)
+    assert sorted(a) == sorted(b)
+    for key in a:
+        assert [s for s, _ in a[key]] == [s for s, _ in b[key]], key  # each step once
+        if not key.startswith(TIMING_PREFIXES):
+            assert a[key] == b[key], key
+    assert [s for s, _ in b["staleness/max"]] == [0, 1]
+    step_file = run_dir / "trajectories" / "train" / "step_000001.jsonl"
+    assert len(step_file.read_text().splitlines()) == 4  # 2 tasks x 2 episodes, once
+
+
 # --- reward-hacking watch ---------------------------------------------------------------------
 
 
@@ -561,6 +603,51 @@ def test_trainer__async_pause_with_zero_staleness_is_on_policy(out_dir, base_mod
     # Round r started only once the learner had made r updates (the pause, not luck).
     for r, version in enumerate(seen["version_at_start"]):
         assert version >= r, (r, version)
+
+
+def test_trainer__async_pause_survives_rounds_with_nothing_to_train_on(out_dir, base_model):
+    # A round whose episodes were all excluded (e.g. every one infra_error) advances the step but
+    # not the policy version. A producer waiting on versions then waited forever for round 2.
+    overrides = tiny(
+        out_dir,
+        "pause0_empty",
+        base_model,
+        "steps=3",
+        "async.max_staleness=0",
+        "async.queue_size=2",
+    )
+    trainer, tracker = make_trainer("quickstart_async", overrides)
+    seen = _instrumented(trainer, hold_first_update=False)
+    collect = trainer._collect
+
+    def emptied(step: int) -> Any:
+        rnd = collect(step)
+        if step == 1:
+            rnd.batch.trajectories = []
+        return rnd
+
+    trainer._collect = emptied
+    done = threading.Event()
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            trainer.run()
+        except BaseException as e:  # surfaced below
+            errors.append(e)
+        finally:
+            done.set()
+
+    threading.Thread(target=run, daemon=True).start()
+    assert done.wait(timeout=180), "async pause deadlocked after an empty round"
+    assert not errors, errors
+    steps = tracker.steps()
+    assert sorted(steps) == [0, 1, 2] and trainer.version == 2
+    assert steps[1]["optim/skipped_empty"] == 1
+    for step, metrics in steps.items():  # the bound still holds
+        assert metrics["staleness/max"] == 0 and metrics["staleness/dropped"] == 0, step
+    # Round r started only once the learner had finished r rounds.
+    assert seen["version_at_start"] == [0, 1, 1]
 
 
 def test_trainer__async_drop_discards_and_counts_stale_trajectories(out_dir, base_model):
