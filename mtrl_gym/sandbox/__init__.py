@@ -23,12 +23,25 @@ by independent layers; each is best-effort except the wall clock and the resourc
   never enforces ``RLIMIT_NPROC`` for uid 0. cgroup v1 or a delegated v2 subtree.
 * **Privileges** (launcher): every capability is dropped from the bounding, ambient and
   inheritable sets and ``no_new_privs`` is set, so a root child cannot undo the layers above.
+* **Unix sockets** (launcher, seccomp, every run): neither the read-only mount nor (with
+  ``network=True``) the network namespace stops a connection to the host's Unix sockets, so
+  ``socket()`` is allowed only for ``AF_INET``/``AF_INET6``/``AF_NETLINK``, ``socketpair()``
+  only for connected-from-birth ``AF_UNIX`` stream/seqpacket pairs, and io_uring not at all
+  (``EPERM``). Pipes and socket pairs work; Unix-socket servers (multiprocessing managers, the
+  forkserver start method) do not. See :mod:`~mtrl_gym.sandbox.launcher`.
 * **Python only** (bootstrap): a seccomp filter that fails fork/exec (threads still work) unless
   ``allow_subprocess``, and a PEP 578 audit hook that raises ``PermissionError("sandbox: ... is
-  not allowed")`` for sockets, process creation, writes outside the working directory, ctypes,
-  native code loaded from outside the interpreter's own directories, gc/trace introspection and
-  signals to other processes. Audit hooks are not a security boundary on their own (CPython says
+  not allowed")`` for sockets, Unix sockets outside the working directory, process creation,
+  writes and SQLite databases outside the working directory, ctypes, native code loaded from
+  outside the interpreter's own directories, gc/trace introspection and signals to other
+  processes. Paths are checked as the exact string the interpreter uses (``str`` subclasses
+  cannot disguise them). Audit hooks are not a security boundary on their own (CPython says
   so); the hook gives clear errors and covers hosts without the kernel layers.
+
+A run's status reports the program's own fate: the launcher and the pid namespace's init die the
+way the program died (``os.kill(os.getpid(), 9)`` is ``"killed"`` with return code -9; a SIGKILL
+at the hard CPU limit, after an ignored or caught SIGXCPU, is ``"cpu_limit"``), and the child
+side never prints its own tracebacks (host paths) to the program's stderr.
 
 ``isolation_report()`` says which layers the most recent run actually obtained.
 

@@ -2,8 +2,12 @@
 
 Each entry point validates its arguments (``ValueError`` for bad ones, before anything is
 started), turns them into the files of a fresh working directory, and hands the run to
-:func:`~mtrl_gym.sandbox.supervisor._run`. ``run_sql`` is ``run_python`` with a fixed, trusted
-runner script (``_SQL_RUNNER``) and the untrusted query as a file.
+:func:`~mtrl_gym.sandbox.supervisor._run`. Text (code, queries, argv, stdin, file names and
+contents) must be valid Unicode: a lone surrogate such as U+D800 (which ``json.loads`` makes of
+a JSON escape) cannot be encoded as UTF-8, and is refused with a ``ValueError`` naming the
+argument and the offending index, since the caller, not the sandbox, is to blame. ``run_sql`` is
+``run_python`` with a fixed, trusted runner script (``_SQL_RUNNER``) and the untrusted query as a
+file.
 
 Non-goals: starting, watching or killing processes (:mod:`~mtrl_gym.sandbox.supervisor`), the
 containment layers themselves (:mod:`~mtrl_gym.sandbox.launcher`,
@@ -44,13 +48,15 @@ def run_python(
         The run's outcome.
 
     Raises:
-        ValueError: Bad arguments (unsafe file names, reserved names, bad types).
+        ValueError: Bad arguments (unsafe file names, reserved names, bad types, text that is
+            not valid Unicode).
         SandboxInfraError: The sandbox could not run the code.
     """
     if not isinstance(code, str):
         raise ValueError("code must be a str")
     extra = _checked_files(files, reserved=(_MAIN_FILE,))
-    extra[_MAIN_FILE] = code.encode("utf-8")
+    extra[_MAIN_FILE] = _utf8(code, "code")
+    _check_stdin(stdin)
     return _run(mode="python", argv=None, limits=limits, files=extra, stdin=stdin)
 
 
@@ -78,14 +84,17 @@ def run_command(
         The run's outcome.
 
     Raises:
-        ValueError: Bad arguments.
+        ValueError: Bad arguments (including text that is not valid Unicode).
         SandboxInfraError: The sandbox could not run the command.
     """
     if isinstance(argv, str | bytes) or not argv or not all(isinstance(a, str) for a in argv):
         raise ValueError("argv must be a non-empty sequence of str")
     if any("\0" in a for a in argv):
         raise ValueError("argv must not contain NUL characters")
+    for i, arg in enumerate(argv):
+        _utf8(arg, f"argv[{i}]")
     extra = _checked_files(files, reserved=())
+    _check_stdin(stdin)
     return _run(mode="command", argv=list(argv), limits=limits, files=extra, stdin=stdin)
 
 
@@ -184,7 +193,7 @@ def run_sql(
         in stderr.
 
     Raises:
-        ValueError: Bad arguments.
+        ValueError: Bad arguments (including text that is not valid Unicode).
         FileNotFoundError: ``database`` does not exist.
         SandboxInfraError: The sandbox could not run, or ``setup_sql`` failed.
     """
@@ -194,13 +203,13 @@ def run_sql(
         raise ValueError("setup_sql must be a str or None")
     files: dict[str, bytes] = {
         _MAIN_FILE: _SQL_RUNNER.encode("utf-8"),
-        _SQL_QUERY_FILE: query.encode("utf-8"),
+        _SQL_QUERY_FILE: _utf8(query, "query"),
         _SQL_CONFIG_FILE: json.dumps(
             {"read_only": bool(read_only), "setup": setup_sql is not None}
         ).encode("utf-8"),
     }
     if setup_sql is not None:
-        files[_SQL_SETUP_FILE] = setup_sql.encode("utf-8")
+        files[_SQL_SETUP_FILE] = _utf8(setup_sql, "setup_sql")
     copies: dict[str, str] = {}
     if database is not None:
         source = os.fspath(database)
@@ -244,6 +253,7 @@ def isolation_report() -> dict[str, Any]:
         "capabilities_dropped": bool(layers.get("caps_dropped")),
         "no_new_privs": bool(layers.get("no_new_privs")),
         "seccomp_no_subprocess": layers.get("seccomp"),
+        "seccomp_no_unix_sockets": layers.get("seccomp_sockets"),
         "audit_hook": "python only",
         "rlimits": ["AS", "CPU", "FSIZE", "NOFILE", "NPROC", "CORE"],
     }
@@ -261,15 +271,46 @@ def _checked_files(
     for name, content in files.items():
         if not isinstance(name, str) or not name or "\0" in name:
             raise ValueError(f"invalid file name {name!r}")
+        _utf8(name, f"file name {name!r}")
         parts = name.split("/")
         if name.startswith("/") or any(p in ("", ".", "..") for p in parts):
             raise ValueError(f"file name must be a plain relative path, got {name!r}")
         if name in reserved:
             raise ValueError(f"file name {name!r} is reserved by the sandbox")
         if isinstance(content, str):
-            out[name] = content.encode("utf-8")
+            out[name] = _utf8(content, f"content of file {name!r}")
         elif isinstance(content, bytes | bytearray | memoryview):
             out[name] = bytes(content)
         else:
             raise ValueError(f"content of {name!r} must be str or bytes")
     return out
+
+
+def _utf8(text: str, what: str) -> bytes:
+    r"""Encode ``text`` as UTF-8, or raise ``ValueError`` naming ``what`` and the bad position.
+
+    Args:
+        text: Text from the caller.
+        what: How the error names it, e.g. ``"code"`` or ``"content of file 'a.txt'"``.
+
+    Returns:
+        The UTF-8 bytes.
+
+    Raises:
+        ValueError: ``text`` holds a lone surrogate (not a Unicode scalar value); the message
+            shows the first such character and its index, e.g. ``code is not valid Unicode:
+            '\ud800' at index 7 (surrogates not allowed)``.
+    """
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = text[exc.start]
+        raise ValueError(
+            f"{what} is not valid Unicode: {bad!r} at index {exc.start} ({exc.reason})"
+        ) from None
+
+
+def _check_stdin(stdin: str | None) -> None:
+    """Refuse stdin text that is not valid Unicode before anything is started."""
+    if isinstance(stdin, str):
+        _utf8(stdin, "stdin")

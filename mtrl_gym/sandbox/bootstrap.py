@@ -5,8 +5,10 @@ layers are in place. The bootstrap installs the seccomp filter that fails fork/e
 ``allow_subprocess``), replaces the spawn primitives that raise no audit event, installs the
 audit hook (``audit_hook.py``), tells the parent that the code starts (an ``R`` line on the
 report pipe), then runs ``main.py`` from the working directory as ``__main__``. Uncaught
-exceptions are printed the way Python would, without the frames of the child-side files; a
-``MemoryError`` exits with ``_MEMORY_EXIT_CODE``.
+exceptions are printed the way Python would, without the frames of the child-side files (and
+if the code broke the traceback machinery, by the exception's type name alone: never a traceback
+of the bootstrap, which would show host paths); a ``MemoryError`` exits with
+``_MEMORY_EXIT_CODE``.
 
 Its siblings ``launcher.py`` (libc handle, seccomp filter) and ``audit_hook.py`` are loaded by
 path with ``importlib.util.spec_from_file_location``: ``-P`` keeps this directory off
@@ -130,6 +132,11 @@ def _bootstrap(config: dict[str, Any]) -> None:
             sys.stderr.flush()
         except MemoryError:
             _exit_out_of_memory()
+        except BaseException:
+            # The code broke what formats tracebacks (monkeypatched traceback, a stderr that
+            # raises): a traceback of that failure would show this file's frames, i.e. host
+            # paths. Name the original exception only, straight to fd 2, and leave at once.
+            _exit_unformatted(exc)
         sys.exit(1)
 
 
@@ -146,6 +153,19 @@ def _strip_own_frames(exc_info: Any, own_files: frozenset[str], seen: set[int]) 
     for chained in (exc_info.__cause__, exc_info.__context__):
         if chained is not None:
             _strip_own_frames(chained, own_files, seen)
+
+
+def _exit_unformatted(exc: BaseException) -> None:
+    """Report ``exc`` by its type's name alone and exit 1, bypassing ``sys.stderr``."""
+    with contextlib.suppress(BaseException):
+        sys.stdout.flush()
+    name = "Exception"
+    with contextlib.suppress(BaseException):
+        name = str.__str__(type(exc).__qualname__)
+    message = f"{name} (the traceback could not be formatted)\n"
+    with contextlib.suppress(BaseException):
+        os.write(2, message.encode("utf-8", "backslashreplace"))
+    os._exit(1)
 
 
 def _exit_out_of_memory() -> None:

@@ -40,6 +40,7 @@ class SandboxLimits:
         max_open_files: ``RLIMIT_NOFILE``.
         network: Allow network access (otherwise: empty network namespace plus, for Python, the
             audit hook refuses sockets other than Unix sockets inside the working directory).
+            Unix sockets other than socket pairs are refused either way (see the launcher).
         allow_subprocess: Python only: allow fork/exec/subprocess (otherwise refused by a
             seccomp filter and the audit hook).
     """
