@@ -3,7 +3,12 @@
 ``ENV`` is a registered id (``mtrl/Helpdesk-v0``) or a ``module:attr`` factory; ``--tools
 module:attr`` serves a tool list or tool factory instead. The token comes from the
 ``MTRL_REMOTE_TOKEN`` environment variable (or ``--token-file``), never from the command line,
-where other users could read it in the process list.
+where other users could read it in the process list. The server's log (one line per refused
+request, tracebacks only for server faults) goes to stderr at ``--log-level``.
+
+Connection limits (see :class:`~mtrl_gym.remote.ServerConfig`): ``--header-timeout`` (seconds
+to send a request head), ``--keepalive-timeout`` (seconds an idle HTTP connection stays open)
+and ``--max-connections-per-client`` (connections one address may hold).
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -42,7 +48,30 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--idle-ttl", type=float, default=900.0, help="seconds")
     p.add_argument("--max-request-bytes", type=int, default=1 << 20)
     p.add_argument("--threads", type=int, default=32)
+    defaults = ServerConfig()
+    p.add_argument(
+        "--header-timeout",
+        type=float,
+        default=defaults.header_timeout_s,
+        help="seconds a connection has to send a complete request head (and a body)",
+    )
+    p.add_argument(
+        "--keepalive-timeout",
+        type=float,
+        default=defaults.keepalive_timeout_s,
+        help="seconds an HTTP connection may stay open with no request in progress",
+    )
+    p.add_argument(
+        "--max-connections-per-client",
+        type=int,
+        default=defaults.max_connections_per_client,
+        help="connections one client address may hold open; more are refused (503)",
+    )
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
 
     token = os.environ.get(TOKEN_ENV_VAR) or None
     if args.token_file is not None:
@@ -56,6 +85,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             idle_ttl_s=args.idle_ttl,
             max_request_bytes=args.max_request_bytes,
             threads=args.threads,
+            header_timeout_s=args.header_timeout,
+            keepalive_timeout_s=args.keepalive_timeout,
+            max_connections_per_client=args.max_connections_per_client,
         )
         env_kwargs = json.loads(args.env_kwargs)
         if not isinstance(env_kwargs, dict):

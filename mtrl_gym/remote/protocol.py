@@ -72,9 +72,41 @@ def _default(value: Any) -> JSON:
 
 
 def encode(obj: Any) -> str:
-    """Encodes a frame; raises ``TypeError`` for values JSON cannot carry."""
+    r"""Encodes a frame; raises ``TypeError`` for values JSON cannot carry.
+
+    The result is pure ASCII: every other character is written as a ``\uXXXX`` escape. So any
+    Python string encodes, lone surrogates included (an agent's text can hold them), and the
+    frame's UTF-8 encoding on the wire cannot fail; ``ensure_ascii=False`` would break both.
+
+    Example:
+        >>> encode({"obs": "a\ud800"})
+        '{"obs":"a\\ud800"}'
+    """
     # NaN/inf are allowed on purpose: a reward may be NaN, and both ends are Python's json.
-    return json.dumps(obj, default=_default, separators=(",", ":"))
+    return json.dumps(obj, default=_default, separators=(",", ":"), ensure_ascii=True)
+
+
+def has_lone_surrogates(value: Any) -> bool:
+    r"""Whether a decoded JSON value holds a string that is not valid Unicode text.
+
+    JSON may escape half of a UTF-16 surrogate pair (``"\ud800"``); it decodes to a Python
+    string that cannot be encoded as UTF-8.
+
+    Example:
+        >>> has_lone_surrogates({"a": ["ok", "\ud800"]}), has_lone_surrogates("\u00e9")
+        (True, False)
+    """
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, dict):
+        return any(has_lone_surrogates(k) or has_lone_surrogates(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(has_lone_surrogates(v) for v in value)
+    return False
 
 
 def decode(text: str | bytes) -> Any:

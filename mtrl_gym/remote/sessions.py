@@ -6,6 +6,10 @@ A :class:`SessionManager` owns every live session. A session's environment is bu
 and a session idle for longer than its time-to-live is closed with its environment. Session ids
 come from :func:`secrets.token_urlsafe` (256 bits), so they cannot be guessed.
 
+Whatever a request's handling raises becomes a :class:`ProtocolError` for that request alone: a
+4xx when the request was at fault (bad reset arguments; an action that is not valid Unicode and
+that the environment cannot take), otherwise a 5xx, logged with its traceback.
+
 Non-goals: the HTTP and WebSocket layer (``server``) and persistence across restarts (a restart
 loses every session; clients report those episodes as ``infra_error``).
 """
@@ -17,6 +21,7 @@ import concurrent.futures
 import importlib
 import inspect
 import json
+import logging
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -25,13 +30,21 @@ from typing import Any
 
 import gymnasium as gym
 
-from mtrl_gym.remote.protocol import PROTOCOL_VERSION, ProtocolError, Request, encode, step_reply
+from mtrl_gym.remote.protocol import (
+    PROTOCOL_VERSION,
+    ProtocolError,
+    Request,
+    encode,
+    has_lone_surrogates,
+    step_reply,
+)
 from mtrl_gym.tools import Tool, ToolError, render_result
 
 EnvFactory = Callable[[], gym.Env]
 ToolsFactory = Callable[[], Sequence[Tool]]
 # Exceptions a reset raises for bad seeds/options from the client (a 400, not a server fault).
 _CLIENT_FAULTS = (ValueError, TypeError, KeyError, IndexError)
+log = logging.getLogger(__name__)
 
 
 def resolve_env_factory(env: str | Callable[..., gym.Env], **kwargs: Any) -> EnvFactory:
@@ -226,11 +239,21 @@ class SessionManager:
             session.busy = True
             try:
                 reply = await self._dispatch(session, request)
+            except ProtocolError:
+                raise
+            except Exception as e:
+                # The environment (or tool factory) failed: a server-side fault. The episode's
+                # state is unknown, so it ends; the session stays for a new reset.
+                session.in_episode = False
+                log.exception("op %r of a session failed on the server", request.op)
+                raise ProtocolError(
+                    500, f"{request.op} failed on the server: {type(e).__name__}: {e}"
+                ) from None
             finally:
                 session.busy, session.last_used = False, time.monotonic()
         try:
             return 200, encode(reply)
-        except (TypeError, ValueError) as e:
+        except (TypeError, ValueError, RecursionError) as e:
             session.in_episode = False
             raise ProtocolError(
                 500, f"the environment returned a value JSON cannot carry: {e}"
@@ -281,9 +304,16 @@ class SessionManager:
             )
         try:
             result = await self._run(session.env.step, request.action)
-        except Exception as e:
+        except UnicodeError as e:
+            if not has_lone_surrogates(request.action):
+                raise  # the environment's own bug: a 500 (see handle)
+            # The agent's text is at fault, not the server: say so with a 4xx.
             session.in_episode = False
-            raise ProtocolError(500, f"the environment raised {type(e).__name__}: {e}") from None
+            raise ProtocolError(
+                422,
+                "the action is not valid Unicode text (it holds a lone surrogate such as "
+                f"\\ud800) and the environment cannot take it: {type(e).__name__}: {e}",
+            ) from None
         self.served["steps"] += 1
         if result[2] or result[3]:
             session.in_episode = False

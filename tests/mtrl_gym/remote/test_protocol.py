@@ -11,6 +11,7 @@ from mtrl_gym.remote.protocol import (  # noqa: E402
     decode,
     encode,
     failure_step,
+    has_lone_surrogates,
     parse_request,
     read_step_reply,
     step_reply,
@@ -101,3 +102,16 @@ def test_protocol__core_import_does_not_import_remote_or_aiohttp():
     code = "import mtrl_gym.remote, sys; print('jax' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False"]
+
+
+def test_encode__lone_surrogates_anywhere_give_ascii_json():
+    value = {"\ud800key": ["\udc00", {"x": "a\udfffb"}], "fine": "é ✓", "n": 1.5}
+    text = encode(value)
+    assert text.isascii() and "\\ud800key" in text
+    assert text.encode("utf-8") and decode(text) == value  # the round trip keeps them
+
+
+def test_has_lone_surrogates__finds_them_in_keys_values_and_nesting():
+    assert has_lone_surrogates("a\ud800") and has_lone_surrogates({"\udc00": 1})
+    assert has_lone_surrogates([1, {"x": ["ok", "\udfff"]}])
+    assert not has_lone_surrogates({"é": ["✓", 1, None, "\U0001f600"]})  # a full pair is fine

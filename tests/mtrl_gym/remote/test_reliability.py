@@ -1,7 +1,12 @@
-"""Loopback reliability: many concurrent sessions, a server killed mid-run, fuzzed requests."""
+"""Loopback reliability: many sessions, a server killed mid-run, fuzzed requests, silent sockets.
+
+The silent sockets go against a server with a 64-descriptor limit.
+"""
 
 import asyncio
 import json
+import select
+import socket
 import time
 
 import pytest
@@ -14,7 +19,7 @@ from hypothesis import strategies as st  # noqa: E402
 from mtrl_gym import EpisodeJob, EpisodeRunner  # noqa: E402
 from mtrl_gym.remote import BackgroundServer, RemoteEnv, ServerConfig, make_backend  # noqa: E402
 from tests.mtrl_gym.remote.echo import EchoEnv  # noqa: E402
-from tests.mtrl_gym.remote.helpers import ServerProcess  # noqa: E402
+from tests.mtrl_gym.remote.helpers import TOKEN, ServerProcess  # noqa: E402
 
 ECHO = "tests.mtrl_gym.remote.echo:EchoEnv"
 
@@ -104,6 +109,67 @@ def test_reliability__server_killed_mid_run_is_infra_error_then_reconnects():
         check_no_lost_duplicated_or_crossed(results, seen2, 5)
     finally:
         server.kill()
+
+
+def _silent_sockets(port: int, source: str, silent: int, half: int) -> list[socket.socket]:
+    """``silent`` connections that send nothing and ``half`` that send half a request head."""
+    socks = []
+    for i in range(silent + half):
+        sock = socket.socket()
+        sock.bind((source, 0))
+        sock.settimeout(5)
+        sock.connect(("127.0.0.1", port))
+        if i >= silent:
+            sock.sendall(b"GET /spec HTTP/1.1\r\nHost: x\r\n")
+        socks.append(sock)
+    return socks
+
+
+def _all_closed_within(socks: list[socket.socket], seconds: float) -> bool:
+    """Whether the server closed every socket (a refusal's 503 may come first) in time."""
+    open_, deadline = set(socks), time.monotonic() + seconds
+    while open_ and (left := deadline - time.monotonic()) > 0:
+        for sock in select.select(list(open_), [], [], left)[0]:
+            try:
+                if not sock.recv(65536):
+                    open_.discard(sock)
+            except ConnectionError:
+                open_.discard(sock)
+    for sock in socks:
+        sock.close()
+    return not open_
+
+
+def _authenticated_episode(url: str, tag: str) -> float:
+    """Seconds a normal client takes to open a session, reset and step."""
+    start = time.monotonic()
+    env = RemoteEnv(url, token=TOKEN, connect_timeout_s=3, reset_timeout_s=5, step_timeout_s=5)
+    assert env.reset(options={"tag": tag})[0] == f"{tag}|start"
+    assert env.step("x")[0] == f"{tag}|1|x"
+    env.close()
+    return time.monotonic() - start
+
+
+def test_reliability__silent_sockets_cannot_starve_a_64_descriptor_server(tmp_path):
+    # 70 silent and 5 half-sent connections would take every descriptor of a 64-descriptor
+    # server, and requests would then wait in the listen backlog until they time out. A burst
+    # larger than the free descriptors still stalls accepting for asyncio's 1 s retry delay.
+    limits = ["--header-timeout", "0.5", "--keepalive-timeout", "1"]
+    limits += ["--max-connections-per-client", "16"]
+    log = tmp_path / "server.log"
+    with ServerProcess(ECHO, *limits, token=TOKEN, max_open_files=64, log_path=log) as server:
+        # From another address: the cap refuses all but 16 at once, so a client gets through.
+        socks = _silent_sockets(server.port, "127.0.0.2", silent=70, half=5)
+        assert _authenticated_episode(server.url, "other-address") < 3.0
+        assert _all_closed_within(socks, 3.0)  # the refused at once, the rest on the timeout
+        # From the client's own address: the header timeout frees the slots within a second.
+        socks = _silent_sockets(server.port, "127.0.0.1", silent=70, half=5)
+        assert _authenticated_episode(server.url, "same-address") < 4.0
+        assert _all_closed_within(socks, 3.0)
+        assert _authenticated_episode(server.url, "after") < 2.0
+    text = log.read_text()
+    assert "Traceback" not in text  # one line per refusal, timeout or failed accept burst
+    assert "no complete request head within 0.5 s" in text and "refused a connection" in text
 
 
 def slow_killer(server):

@@ -1,5 +1,6 @@
 import asyncio
 import json
+import logging
 import socket
 import time
 
@@ -7,7 +8,13 @@ import pytest
 
 aiohttp = pytest.importorskip("aiohttp", reason="mtrl_gym.remote needs the remote extra (aiohttp)")
 
-from mtrl_gym.remote import BackgroundServer, RemoteEnv, ServerConfig, make_backend  # noqa: E402
+from mtrl_gym.remote import (  # noqa: E402
+    BackgroundServer,
+    RemoteEnv,
+    RemoteRequestError,
+    ServerConfig,
+    make_backend,
+)
 from tests.mtrl_gym.remote import echo  # noqa: E402
 from tests.mtrl_gym.remote.helpers import TOKEN  # noqa: E402
 
@@ -202,3 +209,100 @@ def test_server__stopping_with_open_sessions_is_quick_and_clients_see_infra_erro
     assert env.step("x")[4]["status"] == "infra_error"
     with pytest.raises(Exception, match="cannot connect"):
         env.reset()  # nothing listens any more; reset gives up after reset_timeout_s
+
+
+# ---- logging: one line per refused request, no tracebacks --------------------------------------
+
+
+def raw_exchange(port: int, payload: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(payload)
+        return sock.recv(64)
+
+
+def test_server__malformed_requests_log_one_line_each(echo_server, caplog):
+    caplog.set_level(logging.INFO)
+    url, port = echo_server.url, echo_server.port
+    sid = http("POST", f"{url}/sessions")[1]["session_id"]
+    cases = [
+        (lambda: raw_exchange(port, b"\x00\xff garbage\r\n\r\n"), "Invalid method"),
+        (lambda: raw_exchange(port, b"GET / HTTP/9.9\r\n\r\n"), "Invalid HTTP version"),
+        (
+            lambda: raw_exchange(port, b"POST /sessions HTTP/1.1\r\nContent-Length: -5\r\n\r\n"),
+            "Content-Length",
+        ),
+        (
+            lambda: http("POST", f"{url}/sessions/{sid}/reset", raw=b"{not json"),
+            "400 for POST /sessions/{session_id}/reset from 127.0.0.1: body is not valid JSON",
+        ),
+        (
+            lambda: http("POST", f"{url}/sessions/{sid}/frobnicate", raw=b"{}"),
+            "404 for POST /sessions/{session_id}/frobnicate from 127.0.0.1: unknown operation",
+        ),
+        # A newline in the path (sent as %0A) cannot start a forged log line.
+        (lambda: http("GET", f"{url}/nope%0Aforged"), "404 for GET /nope forged from 127.0.0.1"),
+    ]
+    for send, expected in cases:
+        before = len(caplog.records)
+        send()
+        records = caplog.records[before:]
+        assert len(records) == 1, [r.getMessage() for r in records]
+        record = records[0]
+        message = record.getMessage()
+        assert record.levelno == logging.INFO and record.exc_info is None, message
+        assert expected in message and "127.0.0.1" in message
+        assert "\n" not in message and sid not in message  # one line; the session id stays secret
+    assert http("GET", f"{url}/health")[0] == 200
+
+
+# ---- agent text that is not valid Unicode; failures answer only their request -------------------
+
+
+def test_server__lone_surrogate_action_is_a_4xx_and_the_server_stays_healthy():
+    # \ud800 arrives escaped in JSON and decodes to a lone surrogate, which UTF-8 cannot encode.
+    with BackgroundServer(make_backend(echo.Utf8EchoEnv), ServerConfig(port=0)) as server:
+        env = RemoteEnv(server.url)
+        env.reset(options={"tag": "bad-text"})
+        with pytest.raises(RemoteRequestError) as refused:
+            env.step("a\ud800b")
+        assert refused.value.code == 422 and "lone surrogate" in refused.value.message
+        # The same over plain HTTP: a well-formed JSON refusal, not a 500.
+        sid = http("POST", f"{server.url}/sessions")[1]["session_id"]
+        base = f"{server.url}/sessions/{sid}"
+        http("POST", f"{base}/reset", {})
+        status, reply = http("POST", f"{base}/step", raw=b'{"action": "x\\ud800"}')
+        assert (status, reply["ok"], reply["error"]["code"]) == (422, False, 422)
+        # Healthy after: health, the same client's next episode, valid text with non-ASCII.
+        assert http("GET", f"{server.url}/health")[0] == 200
+        assert env.reset(options={"tag": "ok"})[0] == "ok|start"
+        assert env.step("é ✓")[0] == "ok|1|é ✓"
+        env.close()
+
+
+def test_server__lone_surrogates_in_replies_are_sent_escaped(echo_server):
+    # EchoEnv takes any text and echoes it in the observation: the reply must still encode.
+    env = RemoteEnv(echo_server.url)
+    env.reset(options={"tag": "\udfff-tag", "steps": 2})
+    obs, _, _, _, info = env.step("\ud800 x \udc00")
+    assert obs == "\udfff-tag|1|\ud800 x \udc00" and info["tag"] == "\udfff-tag"
+    env.close()
+    sid = http("POST", f"{echo_server.url}/sessions")[1]["session_id"]
+    base = f"{echo_server.url}/sessions/{sid}"
+    http("POST", f"{base}/reset", {"options": {"tag": "t"}})
+    status, reply = http("POST", f"{base}/step", raw=b'{"action": "\\udbff"}')
+    assert status == 200 and reply["observation"] == "t|1|\udbff"
+
+
+def test_server__environment_failure_answers_only_that_request(echo_server, caplog):
+    caplog.set_level(logging.INFO)
+    env = RemoteEnv(echo_server.url, reset_timeout_s=1.0)
+    env.reset(options={"tag": "first"})
+    with pytest.raises(RemoteRequestError) as failed:
+        env.reset(options={"explode": True})  # the environment raises: a server-side fault
+    assert failed.value.code == 500 and "RuntimeError" in failed.value.message
+    assert env.reset(options={"tag": "again"})[0] == "again|start"  # same session, next request
+    assert env.step("x")[0] == "again|1|x"
+    assert echo_server.manager.served["sessions"] == 1  # the WebSocket session was never lost
+    env.close()
+    tracebacks = [r for r in caplog.records if r.exc_info is not None]
+    assert len(tracebacks) == 1 and "failed on the server" in tracebacks[0].getMessage()
