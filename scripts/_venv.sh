@@ -21,10 +21,14 @@ SPEC=".${EXTRAS:+[$EXTRAS]}"
 STAMP="$VENV/.mtrl-install-$(echo "$EXTRAS" | tr -c 'a-z0-9' '_')"
 WANT="$(cat "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
-  echo "installing mtrl$SPEC into $VENV ..." >&2
+  echo "[mtrl] installing mtrl${EXTRAS:+ with extras [$EXTRAS]} into $VENV" \
+       "(first time: about 5 minutes on 2 cores; one line per package follows)" >&2
   "$VENV/bin/python" -m pip install --quiet --upgrade pip >&2
-  (cd "$ROOT" && "$VENV/bin/python" -m pip install --quiet -e "$SPEC" >&2)
+  # pip's own progress, one line per package, without the build backends' warnings.
+  (cd "$ROOT" && "$VENV/bin/python" -m pip install -e "$SPEC" 2>&1 \
+     | { grep --line-buffered -E '^(Collecting|Installing collected|Successfully installed|ERROR)' || true; } >&2)
   echo "$WANT" > "$STAMP"
+  echo "[mtrl] installed" >&2
 fi
 export PATH="$VENV/bin:$PATH"
 cd "$ROOT"
