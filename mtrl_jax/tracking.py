@@ -59,6 +59,10 @@ from mlflow.utils.validation import MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_B
 from mtrl_jax.trajectory import TrajectoryRecord, TrajectoryWriter
 
 _LOG = logging.getLogger(__name__)
+# A local store prints its schema migrations at INFO on first use ("Creating initial MLflow
+# database tables...", alembic's steps): bookkeeping that means nothing to someone starting a run.
+for _name in ("mlflow.store.db.utils", "alembic", "alembic.runtime.migration"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
 
 # MLflow < 2.x servers cap param values at 500 characters (3.x at 6000); the full value always
 # reaches params.json, so the smaller limit costs nothing and works against any server.
