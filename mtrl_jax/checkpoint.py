@@ -316,6 +316,50 @@ class Checkpointer:
             logger.info("deleting old checkpoint %s (keep=%d)", self.step_dir(old), self.keep)
             shutil.rmtree(self.step_dir(old))
 
+    # ---------------------------------------------------------------------------- meta only
+
+    def read_meta(self, step: int) -> dict[str, Any]:
+        """``step``'s meta alone: no state is read and nothing is verified.
+
+        For a quick look before a full restore (e.g. the config a run was started with, to
+        decide whether to resume it); :meth:`restore` then checks every file and the meta
+        checksum.
+
+        Raises:
+            CheckpointError: the meta cannot be read.
+        """
+        where = self.step_dir(step)
+        reader = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+        try:
+            restored = reader.restore(where, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        except Exception as err:  # any reader failure: the meta cannot be used
+            raise CheckpointError(f"{where}: unreadable meta: {err}") from err
+        finally:
+            reader.close()
+        return restored["meta"]
+
+    def latest_meta(self) -> tuple[int, dict[str, Any]] | None:
+        """The newest committed step whose meta reads back, with that meta (unverified).
+
+        A checkpoint whose meta cannot be read is skipped, as :meth:`restore_latest` skips a
+        corrupt one.
+
+        Returns:
+            ``(step, meta)``, or None when there is no committed checkpoint.
+
+        Raises:
+            CheckpointError: no committed checkpoint's meta reads back (the message lists why).
+        """
+        failures = []
+        for step in reversed(self.steps()):
+            try:
+                return step, self.read_meta(step)
+            except CheckpointError as err:
+                failures.append(str(err))
+        if failures:
+            raise CheckpointError("no checkpoint with readable meta: " + "; ".join(failures))
+        return None
+
     # ------------------------------------------------------------------------------- restore
 
     def _read_manifest(self, step: int) -> dict[str, Any]:

@@ -5,8 +5,8 @@ Subcommands::
     mtrl envs                                   list the registered environments
     mtrl play ID [--agent oracle] ...           play the oracle or a random agent
     mtrl sop-bench --data DIR --agent ...       SOP-Bench with a scripted agent (evaluation only)
-    mtrl train [CONFIG] [key=value ...] [--no-progress]
-    mtrl sft [CONFIG] [key=value ...] [--no-progress]
+    mtrl train [CONFIG] [key=value ...] [--no-progress] [--resume | --fresh]
+    mtrl sft [CONFIG] [key=value ...] [--no-progress] [--resume | --fresh]
     mtrl eval --model PATH --env ID [--split test] [--samples N] [--k K ...] [--temperature T]
               [--max-tasks N] [--max-new-tokens N] [--out DIR] [--mlflow-uri URI --experiment E]
     mtrl export RUN_DIR OUT
@@ -16,6 +16,19 @@ overrides are ``dotted.key=value`` (``mtrl_jax.config.load_config``). A model ``
 Hugging Face folder (``config.json``) or a training run folder (``checkpoints/``), whose newest
 intact checkpoint is loaded onto the run's base model. ``--env sop-bench:DOMAIN_DIR`` evaluates
 a SOP-Bench domain (evaluation only; never trainable).
+
+``mtrl train`` and ``mtrl sft`` resume a run folder (``<out_dir>/<name>``) that holds a
+checkpoint, and say so on their first line, only when the stored config differs from the
+command's in keys safe to change (``steps``, ``eval.*``, ``tracking.*``, ...;
+:mod:`mtrl_jax.resume`). Otherwise they stop with the differing keys and the ways out:
+``--resume`` continues the run with its stored config (the safe keys still come from the
+command), a new ``name=`` starts another run, ``--fresh`` renames the old folder to
+``<name>.old-<timestamp>`` and starts over.
+
+``mtrl eval`` samples greedily for one sample per task. With ``--samples > 1`` (or ``--k > 1``)
+and no ``--temperature`` it samples at the run's ``sampler.temperature`` (a run folder), else
+at 1.0, so pass@k measures distinct samples; an explicit ``--temperature 0`` there is warned
+about. The report and the printed summary state the temperature used.
 
 ``mtrl train`` first calls :func:`mtrl_jax.distributed.initialize_from_env`: with the
 ``MTRL_COORDINATOR``/``MTRL_NUM_PROCESSES``/``MTRL_PROCESS_ID`` variables set, every process
@@ -85,7 +98,39 @@ def _config_parser(prog: str, description: str) -> argparse.ArgumentParser:
         help="shipped config name or YAML path (default: quickstart), then overrides",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    folder = p.add_mutually_exclusive_group()
+    folder.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run folder's checkpoint with its stored config even where this "
+        "command's config differs (keys safe to change, like steps, still come from it)",
+    )
+    folder.add_argument(
+        "--fresh",
+        action="store_true",
+        help="move an existing run folder aside to <name>.old-<timestamp> and start a new run",
+    )
     return p
+
+
+# How a refused resume is left, in the CLI's words (see mtrl_jax.resume.ConfigMismatchError;
+# {run_dir} is the run folder).
+CLI_WAYS_OUT = (
+    "add --resume to continue it with its stored config, pass name=<another name> for a new "
+    "run, or add --fresh to move it aside (to {run_dir}.old-<timestamp>) and start over"
+)
+
+
+def _make_trainer(cfg: Any, args: argparse.Namespace) -> Any:
+    """The trainer of ``cfg``, resuming its run folder as ``--resume``/``--fresh`` say."""
+    from mtrl_jax.resume import ConfigMismatchError
+    from mtrl_jax.trainer import Trainer
+
+    mode = "stored" if args.resume else "fresh" if args.fresh else "check"
+    try:
+        return Trainer(cfg, progress=not args.no_progress, resume=mode)
+    except ConfigMismatchError as err:
+        raise UsageError(err.message(CLI_WAYS_OUT)) from None
 
 
 def _parse_config_args(prog: str, description: str, argv: list[str]) -> argparse.Namespace:
@@ -147,9 +192,7 @@ def _train(argv: list[str]) -> dict[str, Any]:
         raise UsageError(str(err)) from None
     cfg = _load_run_config(args.args)
     _refuse_eval_only(cfg.env.id)
-    from mtrl_jax.trainer import Trainer
-
-    out = Trainer(cfg, progress=not args.no_progress).run()
+    out = _make_trainer(cfg, args).run()
     before, after = _success(out["before"]), _success(out["after"])
     shown = "n/a (resumed)" if out["before"] is None else _rate(before)
     print(f"held-out success before: {shown}  after: {_rate(after)}  ({out['steps']} steps)")
@@ -164,9 +207,7 @@ def _sft(argv: list[str]) -> dict[str, Any]:
     _refuse_eval_only(cfg.env.id)
     if cfg.sft.steps < 1:
         raise UsageError("sft.steps is 0: nothing to do; set sft.steps=N (N >= 1)")
-    from mtrl_jax.trainer import Trainer
-
-    trainer = Trainer(cfg, progress=not args.no_progress)
+    trainer = _make_trainer(cfg, args)
     try:
         history = trainer.warm_start()  # writes <run>/warm_start
         out = trainer.run_dir / "warm_start"
@@ -184,23 +225,21 @@ def _sft(argv: list[str]) -> dict[str, Any]:
 
 def _checkpoint_config(checkpointer: Any) -> Any:
     """The ``RunConfig`` stored in the newest checkpoint whose meta reads back."""
-    import orbax.checkpoint as ocp
+    from mtrl_jax.checkpoint import CheckpointError
+    from mtrl_jax.config import ConfigError, RunConfig, from_dict
 
-    from mtrl_jax.config import RunConfig, from_dict
-
-    errors = []
-    for step in reversed(checkpointer.steps()):
-        reader = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
-        try:  # meta only: the full restore below verifies every file and the meta checksum
-            meta = reader.restore(
-                checkpointer.step_dir(step), args=ocp.args.Composite(meta=ocp.args.JsonRestore())
-            )["meta"]
-            return from_dict(RunConfig, meta["config"])
-        except Exception as err:  # a corrupt newest checkpoint: try the previous one
-            errors.append(f"step {step}: {err}")
-        finally:
-            reader.close()
-    raise UsageError(f"{checkpointer.directory}: no checkpoint with a readable config {errors}")
+    try:  # meta only: the full restore verifies every file and the meta checksum
+        found = checkpointer.latest_meta()
+    except CheckpointError as err:
+        raise UsageError(f"{checkpointer.directory}: {err}") from None
+    if found is None:
+        raise UsageError(f"{checkpointer.directory}: no complete checkpoint")
+    step, meta = found
+    try:
+        return from_dict(RunConfig, meta["config"])
+    except (KeyError, ConfigError) as err:
+        where = checkpointer.step_dir(step)
+        raise UsageError(f"{where}: no readable run config in its meta ({err})") from None
 
 
 def load_model(path: str | Path) -> tuple[Any, Any, dict[str, Any]]:
@@ -278,7 +317,13 @@ def _eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--env-kwargs", default="{}", help="JSON of extra environment arguments")
     p.add_argument("--samples", type=int, default=1, help="episodes per task (n of pass@k)")
     p.add_argument("--k", type=int, action="append", default=None, help="pass@k (repeatable)")
-    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+    p.add_argument(
+        "--temperature",
+        type=float,
+        default=None,
+        help="0: greedy (default with one sample per task); with several samples the default "
+        "is the run's sampler.temperature (a run folder), else 1.0",
+    )
     p.add_argument("--max-tasks", type=int, default=None, help="first N tasks (default: all)")
     p.add_argument("--max-new-tokens", type=int, default=64, help="tokens per assistant turn")
     p.add_argument("--max-len", type=int, default=1024, help="longest episode context")
@@ -288,6 +333,64 @@ def _eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--mlflow-uri", default=None, help="log metrics and the report to MLflow")
     p.add_argument("--experiment", default="mtrl-eval", help="MLflow experiment")
     return p
+
+
+def eval_temperature(
+    requested: float | None, samples: int, ks: Sequence[int], run_temperature: float | None
+) -> tuple[float, str]:
+    """The evaluation's sampling temperature and where it came from.
+
+    Greedy decoding gives every sample of a task the same episode, so pass@k of several
+    samples would silently equal pass@1: several samples default to sampling.
+
+    Args:
+        requested: ``--temperature``, or None when not given.
+        samples: ``--samples`` (episodes per task).
+        ks: the ``--k`` values of pass@k.
+        run_temperature: the run folder's ``sampler.temperature`` (None: not a run folder).
+
+    Returns:
+        ``(temperature, source)``; ``source`` is said in the report.
+
+    >>> eval_temperature(None, 1, [1], 0.7)
+    (0.0, 'greedy: one sample per task')
+    >>> eval_temperature(None, 8, [1, 8], 0.7)
+    (0.7, "the run's sampler.temperature")
+    >>> eval_temperature(None, 8, [1, 8], None)
+    (1.0, 'default for several samples per task')
+    """
+    if requested is not None:
+        return requested, "--temperature"
+    if samples <= 1 and max(ks, default=1) <= 1:
+        return 0.0, "greedy: one sample per task"
+    if run_temperature is not None:
+        return run_temperature, "the run's sampler.temperature"
+    return 1.0, "default for several samples per task"
+
+
+def identical_samples_warning(temperature: float, samples: int, ks: Sequence[int]) -> str | None:
+    """A warning when greedy decoding makes a task's several samples identical, else None.
+
+    >>> identical_samples_warning(0.0, 1, [1]) is None
+    True
+    """
+    if temperature != 0.0 or (samples <= 1 and max(ks, default=1) <= 1):
+        return None
+    return (
+        f"WARNING: temperature 0 is greedy: the {samples} samples of each task are identical, "
+        f"so pass@k (k={','.join(map(str, ks))}) equals pass@1; leave out --temperature to "
+        "sample (at a run folder's sampler.temperature, else 1.0) or pass one > 0"
+    )
+
+
+def _run_temperature(model: str | Path) -> float | None:
+    """The ``sampler.temperature`` of a run folder's stored config; None for an HF folder."""
+    path = Path(model)
+    if (path / "config.json").is_file() or not (path / "checkpoints").is_dir():
+        return None  # load_model reads an HF folder first, and refuses anything else
+    from mtrl_jax.checkpoint import Checkpointer
+
+    return _checkpoint_config(Checkpointer(path / "checkpoints")).sampler.temperature
 
 
 def _eval_env(args: argparse.Namespace) -> tuple[Callable[[], Any], str | None]:
@@ -338,6 +441,12 @@ def _eval(argv: list[str]) -> dict[str, Any]:
     if args.samples < 1 or min(ks) < 1 or max(ks) > args.samples:
         raise UsageError(f"need --samples >= 1 and every --k in 1..{args.samples}, got {ks}")
     make_env, split = _eval_env(args)
+    temperature, source = eval_temperature(
+        args.temperature, args.samples, ks, _run_temperature(args.model)
+    )
+    warning = identical_samples_warning(temperature, args.samples, ks)
+    if warning is not None:
+        print(warning, file=sys.stderr, flush=True)
     model, tokenizer, info = load_model(args.model)
     from mtrl_jax.eval_job import EvalSettings, Evaluator
     from mtrl_jax.evaluation import format_summary, write_report
@@ -346,7 +455,7 @@ def _eval(argv: list[str]) -> dict[str, Any]:
     settings = EvalSettings(
         max_tasks=args.max_tasks,
         samples_per_task=args.samples,
-        temperature=args.temperature,
+        temperature=temperature,
         pass_k=ks,
         max_new_tokens=args.max_new_tokens,
         num_slots=args.num_slots,
@@ -358,8 +467,14 @@ def _eval(argv: list[str]) -> dict[str, Any]:
     except ValueError as err:  # e.g. an env that does not list its tasks and no --max-tasks
         raise UsageError(str(err)) from err
     n = len(evaluator.tasks)
-    print(f"playing {n} tasks x {args.samples} samples on {args.env}", file=sys.stderr)
+    print(
+        f"playing {n} tasks x {args.samples} samples on {args.env} at temperature "
+        f"{temperature:g} ({source})",
+        file=sys.stderr,
+    )
     summary, records = evaluator.run(model)
+    # In summary.json too, under a section of its own (not a headline metric).
+    summary["sampling"] = {"temperature": temperature, "temperature_source": source}
     env_name = args.env.rstrip("/").replace(":", "_").replace("/", "_")
     out = args.out or Path("runs") / "eval" / f"{Path(args.model).name}-{env_name}-{split}"
     meta = {
@@ -367,13 +482,15 @@ def _eval(argv: list[str]) -> dict[str, Any]:
         "env": args.env,
         "split": split,
         "samples_per_task": args.samples,
-        "temperature": args.temperature,
+        "temperature": temperature,
+        "temperature_source": source,
         "max_new_tokens": args.max_new_tokens,
     }
     paths = write_report(summary, records, out, title=f"Evaluation on {args.env}", meta=meta)
     print(format_summary(summary))
+    print(f"temperature: {temperature:g} ({source})")
     result = {"success_rate": summary.get("success_rate"), "episodes": summary["episodes"]}
-    result["out"] = str(out)
+    result |= {"temperature": temperature, "out": str(out)}
     if args.mlflow_uri:
         from mtrl_jax.tracking import make_tracker
 

@@ -566,3 +566,8 @@ class RunConfig:
     def run_dir(self) -> Path:
         """``out_dir / name``: where the run writes checkpoints, records and the MLflow store."""
         return Path(self.out_dir) / self.name
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        """``checkpoint.dir`` if set, else ``run_dir / "checkpoints"``."""
+        return Path(self.checkpoint.dir) if self.checkpoint.dir else self.run_dir / "checkpoints"

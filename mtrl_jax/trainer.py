@@ -30,7 +30,9 @@ One :class:`Trainer` runs one :class:`~mtrl_jax.config.RunConfig`:
    behaviour log-probs ``mu`` of the sampler.
 5. **Checkpoints** (orbax, :mod:`mtrl_jax.checkpoint`) hold the train state and, as JSON, the
    step, policy version, task-stream position, sampling key, evaluation history and the
-   tracking run id. A run restarted with the same config resumes from the newest intact one.
+   tracking run id. A run restarted with the same config, or one differing only in keys safe
+   to change such as ``steps`` (:mod:`mtrl_jax.resume`), resumes from the newest intact one,
+   saying so on its first line; another config is refused unless asked to resume anyway.
    Sync runs are exactly reproducible across a resume on CPU: every random choice is a function
    of ``(seed, step)`` (task order, reset seeds, sampling keys, per-call noise streams).
 6. **Tracking** (MLflow): the flattened config as params; per step ``rollout/*``,
@@ -88,6 +90,7 @@ from mtrl_jax.config import ConfigError, RunConfig, flatten, to_dict
 from mtrl_jax.eval_job import EvalSettings, Evaluator, full_state
 from mtrl_jax.evaluation import summarize
 from mtrl_jax.packing import pack_trajectories
+from mtrl_jax.resume import ResumeMode, plan_run
 from mtrl_jax.rollout.engine import RolloutBatch, RolloutEngine, run_blocking
 from mtrl_jax.sampler import PrefillStats
 from mtrl_jax.sampler.engine import SamplingEngine
@@ -195,18 +198,45 @@ def _summary_metrics(summary: dict[str, Any], prefix: str) -> dict[str, float]:
 class Trainer:
     """Runs one configuration end to end (see the module docstring).
 
+    A run folder that holds a checkpoint is resumed only as ``resume`` allows
+    (:mod:`mtrl_jax.resume`); when it is, or when a folder is moved aside, one ``[mtrl] ...``
+    line on stderr says so before anything is built.
+
     Args:
         cfg: The resolved run configuration.
         tracker: Overrides the tracker built from ``cfg.tracking`` (tests).
         progress: Show a progress bar on stderr.
+        resume: ``"check"``: resume the run folder's checkpoint only if its stored config
+            differs from ``cfg`` in keys safe to change (``steps``, ``eval.*``, ...), else
+            raise :class:`~mtrl_jax.resume.ConfigMismatchError`. ``"stored"``: resume it with
+            its stored config (safe keys from ``cfg``). ``"fresh"``: move an existing run
+            folder aside to ``<name>.old-<timestamp>`` and start a new run.
+
+    Raises:
+        ConfigMismatchError: see ``resume``.
     """
 
-    def __init__(self, cfg: RunConfig, *, tracker: Tracker | None = None, progress: bool = True):
+    def __init__(
+        self,
+        cfg: RunConfig,
+        *,
+        tracker: Tracker | None = None,
+        progress: bool = True,
+        resume: ResumeMode = "check",
+    ):
         from mtrl_jax.models import load_pretrained, load_tokenizer  # heavy imports, lazily
 
         self.cfg = cfg
         # Before anything is loaded: a mesh that does not fit the devices is a config error.
+        # (Mesh keys are safe to change on resume: every plan runs with this cfg's mesh.)
         self.train_mesh, self.sampler_mesh = self._meshes()
+        # Before anything is built or written: refuse a run folder of another experiment.
+        self.plan = plan_run(cfg, resume)
+        self.cfg = cfg = self.plan.cfg
+        notice = self.plan.notice()
+        if notice is not None:  # not progress: what this command does to the folder, always
+            print(f"[mtrl] {notice}", file=sys.stderr, flush=True)
+            log.info("%s", notice)
         self.run_dir = cfg.run_dir
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.progress = progress
@@ -266,10 +296,7 @@ class Trainer:
         self._place_sampler(self.sampler)
         self.rollout = RolloutEngine(self.sampler, self.tokenizer, self.make_train_env, cfg.rollout)
         self._evaluator: Evaluator | None = None
-        self.checkpointer = Checkpointer(
-            Path(cfg.checkpoint.dir) if cfg.checkpoint.dir else self.run_dir / "checkpoints",
-            keep=cfg.checkpoint.keep,
-        )
+        self.checkpointer = Checkpointer(cfg.checkpoint_dir, keep=cfg.checkpoint.keep)
         resumed = self._restore()
         self.tracker = tracker if tracker is not None else self._make_tracker(resumed)
         self.tracker.log_params(flatten(cfg))

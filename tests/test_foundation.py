@@ -99,6 +99,49 @@ def test_readme__exactly_two_commands_and_ci_runs_the_test_one_verbatim():
     assert commands[1] in [line.strip() for line in ci]
 
 
+def _git_ignores(path: str) -> bool:
+    """Whether ``git check-ignore`` says the repository ignores ``path`` (existing or not)."""
+    try:
+        done = subprocess.run(
+            ["git", "check-ignore", "--quiet", "--no-index", path], cwd=ROOT, capture_output=True
+        )
+    except OSError as err:
+        pytest.skip(f"git is not available: {err}")
+    if done.returncode not in (0, 1):
+        pytest.skip(f"git check-ignore failed: {done.stderr.decode().strip()}")
+    return done.returncode == 0
+
+
+def test_gitignore__ignores_what_the_readme_commands_write():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    written = re.findall(r"--out\s+([^\s`]+)", readme)
+    written += re.findall(r"mtrl export\s+\S+\s+([^\s`]+)", readme)
+    written = [w for w in written if not w.isupper()]  # placeholders such as DIR
+    assert {"eval/", "exported/"} <= set(written)  # the README's eval and export examples
+    # A folder output is ignored when a file in it is (git cannot tell a missing path's kind).
+    missed = [
+        w for w in [*written, "runs/"] if not any(map(_git_ignores, (w, f"{w.rstrip('/')}/x")))
+    ]
+    assert missed == [], "add these README command outputs to .gitignore"
+
+
+def test_conftest__sop_bench_data_path_and_skip_reason_are_defined_once():
+    # Tests that need the SOP-Bench data import SOP_BENCH_DATA / SOP_BENCH_MISSING from
+    # tests/conftest.py, so every skip names the one folder they all read.
+    from tests.conftest import SOP_BENCH_DATA, SOP_BENCH_MISSING
+
+    assert SOP_BENCH_DATA.is_absolute() and ".." not in SOP_BENCH_DATA.parts
+    assert str(SOP_BENCH_DATA) in SOP_BENCH_MISSING
+    pattern = re.compile(r"""["']shared["']\s*/\s*["']sop_bench["']|SOP-Bench data (not|is)""")
+    conftest = ROOT / "tests" / "conftest.py"
+    again = [
+        str(path.relative_to(ROOT))
+        for path in sorted((ROOT / "tests").rglob("*.py"))
+        if path != conftest and pattern.search(path.read_text(encoding="utf-8"))
+    ]
+    assert again == []
+
+
 def test_conftest__xla_flags_set_before_jax():
     import os
 

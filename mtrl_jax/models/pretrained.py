@@ -248,6 +248,10 @@ def save_pretrained(
             tensors[spec.hf_name] = spec.to_hf(value)
 
     (path / "config.json").write_text(json.dumps(config.to_hf(), indent=2) + "\n")
+    # safetensors (0.8) creates its files with mode 0600 whatever the umask; give the weights
+    # the mode open() gave config.json (0666 less the umask), as the folder's other files
+    # have. (Reading the umask itself means setting it, which races with other threads.)
+    mode = (path / "config.json").stat().st_mode & 0o777
     shards: list[dict[str, np.ndarray]] = [{}]
     size = 0
     for name in sorted(tensors):
@@ -262,11 +266,13 @@ def save_pretrained(
         (path / stale).unlink(missing_ok=True)
     if len(shards) == 1:
         save_file(shards[0], str(path / SAFETENSORS), metadata=metadata)
+        os.chmod(path / SAFETENSORS, mode)
         return
     weight_map = {}
     for k, shard in enumerate(shards, 1):
         file_name = f"model-{k:05d}-of-{len(shards):05d}.safetensors"
         save_file(shard, str(path / file_name), metadata=metadata)
+        os.chmod(path / file_name, mode)
         weight_map.update(dict.fromkeys(shard, file_name))
     index = {"metadata": {"total_size": sum(t.nbytes for t in tensors.values())}}
     index["weight_map"] = weight_map

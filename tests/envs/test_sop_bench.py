@@ -23,15 +23,13 @@ from mtrl_envs.sop_bench import (
 )
 from mtrl_gym import EvalOnlyError, ensure_trainable
 from mtrl_gym.cli import AGENTS
+from tests.conftest import SOP_BENCH_DATA, SOP_BENCH_MISSING
 from tests.envs.sop.synthetic import build_suite
 
-SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "sop_bench"
+SHARED = SOP_BENCH_DATA
 DOMAINS = sorted(p.name for p in SHARED.iterdir() if p.is_dir()) if SHARED.is_dir() else []
 
-needs_data = pytest.mark.skipif(
-    not SHARED.is_dir(),
-    reason=f"SOP-Bench data not found at {SHARED} (evaluation-only data, never in the repo)",
-)
+needs_data = pytest.mark.skipif(not SHARED.is_dir(), reason=SOP_BENCH_MISSING)
 
 
 def _upstream_copy(tmp_path: Path, domains: list[str]) -> tuple[Path, Path]:

@@ -299,3 +299,24 @@ def test_key_to_json__round_trip_and_rejects_raw_keys():
     np.testing.assert_array_equal(jax.random.key_data(back), jax.random.key_data(keys))
     with pytest.raises(TypeError, match="expected a typed PRNG key"):
         key_to_json(jax.random.PRNGKey(0))
+
+
+def test_checkpointer__latest_meta_reads_meta_only_and_skips_unreadable(state, tmp_path):
+    ckpt = Checkpointer(tmp_path / "ckpt", keep=5)
+    assert ckpt.latest_meta() is None
+    for step in (1, 2):
+        ckpt.save(step, state, meta_for(step))
+    step, meta = ckpt.latest_meta()
+    assert step == 2 and same_json(meta, meta_for(2))
+    for file in (ckpt.step_dir(2) / "meta").rglob("*"):
+        if file.is_file():
+            file.write_text("{not json")
+    with pytest.raises(CheckpointError, match="step_00000002: unreadable meta"):
+        ckpt.read_meta(2)
+    step, meta = ckpt.latest_meta()  # the newest readable one
+    assert step == 1 and same_json(meta, meta_for(1))
+    for file in (ckpt.step_dir(1) / "meta").rglob("*"):
+        if file.is_file():
+            file.write_text("{not json")
+    with pytest.raises(CheckpointError, match="no checkpoint with readable meta"):
+        ckpt.latest_meta()

@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -33,12 +34,14 @@ import pytest
 from mtrl_gym import EvalOnlyError
 from mtrl_jax import cli
 from mtrl_jax.advantages import ADVANTAGE_ESTIMATORS
-from mtrl_jax.checkpoint import CorruptCheckpointWarning
+from mtrl_jax.checkpoint import Checkpointer, CorruptCheckpointWarning
 from mtrl_jax.config import load_config
 from mtrl_jax.losses import POLICY_LOSSES
+from mtrl_jax.resume import ConfigMismatchError
 from mtrl_jax.tracking import NullTracker
 from mtrl_jax.trainer import TIMING_PREFIXES, RewardHackingWarning, Trainer
 from mtrl_jax.types import TrainBatch
+from tests.conftest import SOP_BENCH_DATA, SOP_BENCH_MISSING
 
 EVAL_ONLY_ID = "mtrl-test/EvalOnlyQuickstart-v0"
 
@@ -745,6 +748,38 @@ def test_mtrl_train__evaluation_only_env_exits_2(eval_only_id, out_dir, base_mod
     assert e.value.code == 2 and "evaluation-only" in capsys.readouterr().err
 
 
+def test_mtrl_train__another_experiment_in_a_run_folder_is_refused_unless_resumed(
+    resume_runs, out_dir, base_model, capsys
+):
+    """A copy of the 4-step run, pointed at by a command with other seeds and more steps."""
+    run_dir = out_dir / "cli_resume"
+    shutil.copytree(out_dir / "full", run_dir)
+    extra = (*resume_runs["extra"], "steps=5", "seed=1", "model.seed=1")
+    argv = ["train", "quickstart", *tiny(out_dir, "cli_resume", base_model, *extra)]
+    argv.append("--no-progress")
+    # Trainer users are refused too, before anything is built.
+    with pytest.raises(ConfigMismatchError, match="seed 0 -> 1"):
+        make_trainer("quickstart", argv[2:-1])
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("mtrl train: error: "), err
+    assert f"{run_dir} already holds a run (checkpoint at step 4)" in err[0]
+    assert "seed 0 -> 1, model.seed 0 -> 1;" in err[0]  # steps and name are safe to change
+    assert all(way in err[0] for way in ("--resume", "name=<another name>", "--fresh"))
+    assert Checkpointer(run_dir / "checkpoints").steps() == [3, 4]  # untouched
+
+    result, _, err = run_cli([*argv, "--resume"])
+    checkpoint = run_dir / "checkpoints" / "step_00000004"
+    first = err.splitlines()[0]
+    assert first.startswith(f"[mtrl] resuming run {run_dir} from step 4 (checkpoint {checkpoint})")
+    assert "steps 4 -> 5" in first and "kept the stored config" in first
+    assert result["steps"] == 5 and result["before"] is None
+    stored = Checkpointer(run_dir / "checkpoints").read_meta(5)["config"]
+    assert (stored["seed"], stored["model"]["seed"], stored["steps"]) == (0, 0, 5)
+
+
 def test_mtrl_sft__writes_the_warm_started_model(out_dir, base_model):
     from mtrl_jax.models import load_pretrained
 
@@ -761,19 +796,25 @@ def test_mtrl_sft__writes_the_warm_started_model(out_dir, base_model):
 
 
 def test_mtrl_eval__plays_an_evaluation_only_env_and_writes_the_report(
-    eval_only_id, out_dir, base_model
+    eval_only_id, out_dir, base_model, tmp_path, monkeypatch
 ):
     from mlflow.tracking import MlflowClient
 
+    # MLflow puts the artifacts of an experiment it creates in a SQL store under ./mlruns of
+    # the working directory: the test's own folder, not the checkout.
+    monkeypatch.chdir(tmp_path)
     report, store = out_dir / "eval_report", f"sqlite:///{out_dir / 'mlflow.db'}"
     argv = ["eval", "--model", str(base_model), "--env", eval_only_id, "--max-tasks", "2"]
     argv += ["--mlflow-uri", store, "--experiment", "eval-test"]
-    argv += ["--samples", "2", "--k", "1", "--k", "2", "--temperature", "1.0"]
+    argv += ["--samples", "2", "--k", "1", "--k", "2"]  # no --temperature: samples at 1.0
     argv += ["--max-new-tokens", "16", "--num-slots", "4", "--out", str(report)]
-    result, out, _ = run_cli(argv)
+    result, out, err = run_cli(argv)
     assert json.loads(out.strip().splitlines()[-1]) == result
     assert "pass@2" in out  # format_summary was printed
+    assert result["temperature"] == 1.0 and "WARNING" not in err
+    assert "temperature: 1 (default for several samples per task)" in out
     summary = json.loads((report / "summary.json").read_text())
+    assert summary["sampling"]["temperature"] == 1.0
     assert summary["episodes"] == result["episodes"] == 4
     assert sorted(summary["pass_at_k"]) == ["1", "2"]
     assert (report / "report.md").read_text().startswith(f"# Evaluation on {eval_only_id}")
@@ -785,13 +826,22 @@ def test_mtrl_eval__plays_an_evaluation_only_env_and_writes_the_report(
     assert {"report/summary.json", "report/report.md"} <= logged
 
 
-SOP_BENCH = Path(__file__).resolve().parents[2] / ".." / "shared" / "sop_bench"
+def test_mtrl_eval__greedy_samples_for_pass_at_k_are_warned_about(
+    eval_only_id, out_dir, base_model
+):
+    report = out_dir / "eval_greedy_report"
+    argv = ["eval", "--model", str(base_model), "--env", eval_only_id, "--max-tasks", "1"]
+    argv += ["--samples", "2", "--k", "2", "--temperature", "0"]
+    argv += ["--max-new-tokens", "16", "--num-slots", "2", "--out", str(report)]
+    result, out, err = run_cli(argv)
+    warnings_ = [line for line in err.splitlines() if line.startswith("WARNING")]
+    assert len(warnings_) == 1 and "identical" in warnings_[0] and "pass@k" in warnings_[0]
+    assert result["temperature"] == 0.0 and "temperature: 0 (--temperature)" in out
+    sampling = json.loads((report / "summary.json").read_text())["sampling"]
+    assert sampling == {"temperature": 0.0, "temperature_source": "--temperature"}
 
 
-@pytest.mark.skipif(
-    not (SOP_BENCH / "customer_service").is_dir(),
-    reason="SOP-Bench data is evaluation-only and never in the repo",
-)
+@pytest.mark.skipif(not (SOP_BENCH_DATA / "customer_service").is_dir(), reason=SOP_BENCH_MISSING)
 def test_mtrl_eval__sop_bench_domain_is_evaluated_with_the_licence_notice(base_model, out_dir):
     report = out_dir / "sop_bench_report"
     argv = [
@@ -799,7 +849,7 @@ def test_mtrl_eval__sop_bench_domain_is_evaluated_with_the_licence_notice(base_m
         "--model",
         str(base_model),
         "--env",
-        f"sop-bench:{SOP_BENCH / 'customer_service'}",
+        f"sop-bench:{SOP_BENCH_DATA / 'customer_service'}",
     ]
     argv += ["--max-tasks", "1", "--max-new-tokens", "16", "--num-slots", "2", "--out", str(report)]
     result, _, err = run_cli(argv)
@@ -826,6 +876,8 @@ def test_mtrl_export__transformers_loads_it_with_the_same_logits(resume_runs, ou
     folder = out_dir / "exported"
     result, _, _ = run_cli(["export", str(full.run_dir), str(folder)])
     assert result == {"out": str(folder), "checkpoint_step": 4}
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in folder.iterdir()}
+    assert len(set(modes.values())) == 1, modes  # the weights too (safetensors alone: 0600)
     hf = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
     ids = tokenizer.encode("look up parcel PX-1042 and report its status")

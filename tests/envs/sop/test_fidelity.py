@@ -9,7 +9,6 @@ is installed, and one domain goes through ``check_env`` and ``check_reproducible
 
 import csv
 import json
-from pathlib import Path
 
 import gymnasium as gym
 import pytest
@@ -18,17 +17,15 @@ from gymnasium.envs.registration import EnvSpec
 from mtrl_envs.sop import SopEnv, SopSuite, UnsupportedSuiteError, suite_metrics
 from mtrl_envs.sop.table import present
 from mtrl_gym import check_env, check_reproducible, play
+from tests.conftest import SOP_BENCH_DATA, SOP_BENCH_MISSING
 
-SHARED = (Path(__file__).parents[3] / ".." / "shared" / "sop_bench").resolve()
+SHARED = SOP_BENCH_DATA
 DOMAINS = (
     sorted(p.name for p in SHARED.iterdir() if (p / "tool_behavior.json").is_file())
     if SHARED.is_dir()
     else []
 )
-pytestmark = pytest.mark.skipif(
-    not DOMAINS,
-    reason=f"SOP-Bench data not found at {SHARED} (evaluation-only data, kept outside the repo)",
-)
+pytestmark = pytest.mark.skipif(not DOMAINS, reason=SOP_BENCH_MISSING)
 PARAMS = DOMAINS or ["<no data>"]
 
 

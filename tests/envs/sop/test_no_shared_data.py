@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import SOP_BENCH_DATA, SOP_BENCH_MISSING
+
 ROOT = Path(__file__).parents[3]
-SHARED = (ROOT / ".." / "shared" / "sop_bench").resolve()
+SHARED = SOP_BENCH_DATA
 # Upstream data files are checked line by line; every shared file is checked whole (sha256).
 DATA_FILES = ("*.csv", "sop.txt", "toolspecs.json", "metadata.json")
 # Shorter lines ("True,False,1") are no evidence of copying.
@@ -53,7 +55,7 @@ def distinctive_lines() -> dict[str, dict[str, Path]]:
 
 def test_repository__holds_no_sop_bench_data():
     if not SHARED.is_dir():
-        pytest.skip(f"SOP-Bench data not found at {SHARED}: nothing to compare against")
+        pytest.skip(SOP_BENCH_MISSING)
     digests = {
         hashlib.sha256(p.read_bytes()).hexdigest(): p for p in SHARED.rglob("*") if p.is_file()
     }

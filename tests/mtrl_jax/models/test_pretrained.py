@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import stat
 
 import numpy as np
 import pytest
+from flax import nnx
 from safetensors.numpy import load_file, save_file
 
-from mtrl_jax.models import DecoderConfig, RopeConfig, load_pretrained
+from mtrl_jax.models import Decoder, DecoderConfig, RopeConfig, load_pretrained, save_pretrained
 from tests.mtrl_jax.models.helpers import assert_same_params
+from tests.mtrl_jax.test_decoder_training import HF
 
 # The same llama3-scaled Llama config in the layout of published checkpoints (transformers 4)
 # and in the one transformers 5 writes.
@@ -164,3 +168,22 @@ def test_load_pretrained__tied_checkpoint_with_head_copy_and_missing_files(check
     (tmp_path / "empty" / "config.json").write_text((src / "config.json").read_text())
     with pytest.raises(FileNotFoundError, match="model.safetensors"):
         load_pretrained(tmp_path / "empty")
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077], ids=["umask022", "umask077"])
+@pytest.mark.parametrize("max_shard_bytes", [5 * 2**30, 20_000], ids=["one_file", "sharded"])
+def test_save_pretrained__weights_files_follow_the_umask_like_config_json(
+    tmp_path, umask, max_shard_bytes
+):
+    # safetensors alone writes 0600 whatever the umask: an exported folder other users could
+    # read except for its weights.
+    model = Decoder(DecoderConfig.from_hf(HF), rngs=nnx.Rngs(0))
+    before = os.umask(umask)
+    try:
+        save_pretrained(model, tmp_path, max_shard_bytes=max_shard_bytes)
+    finally:
+        os.umask(before)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+    weights = [n for n in modes if n.endswith(".safetensors")]
+    assert (len(weights) > 1) == (max_shard_bytes == 20_000), weights
+    assert set(modes.values()) == {0o666 & ~umask}, {n: oct(m) for n, m in modes.items()}
