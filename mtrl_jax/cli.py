@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 from collections.abc import Callable, Sequence
@@ -575,8 +576,19 @@ def main(argv: Sequence[str] | None = None) -> Any:
     return _run_checked(command, args[0], args[1:])
 
 
+def _quiet_dependencies() -> None:
+    """Silences advice from dependencies that means nothing to someone running a job.
+
+    transformers says "PyTorch was not found..." when imported without torch: mtrl only uses
+    its tokenizers and configs, so that is expected, not a problem. Errors still show.
+    """
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+
 def entry() -> None:
     """Console-script entry point (returns nothing, so the shell sees exit status 0)."""
+    _quiet_dependencies()
     main()
 
 

@@ -226,7 +226,10 @@ class Trainer:
     ):
         from mtrl_jax.models import load_pretrained, load_tokenizer  # heavy imports, lazily
 
+        setup_start = time.perf_counter()
         self.cfg = cfg
+        # Wall-clock seconds per phase (setup, warm start, each evaluation, RL), returned by run.
+        self.phases: dict[str, float] = {}
         # Before anything is loaded: a mesh that does not fit the devices is a config error.
         # (Mesh keys are safe to change on resume: every plan runs with this cfg's mesh.)
         self.train_mesh, self.sampler_mesh = self._meshes()
@@ -312,13 +315,14 @@ class Trainer:
                 last = self.tracker.last_logged_step(key)
                 if last is not None and last >= self.step:
                     self._logged_until[kind] = last
-            if self._logged_until:
-                log.warning(
-                    "resumed at step %d: steps up to %s were logged by the interrupted attempt "
-                    "and are not logged again",
+            for kind, last in self._logged_until.items():
+                log.info(
+                    "resumed at step %d: %s steps up to %d were logged before; not logged again",
                     self.step,
-                    self._logged_until,
+                    kind,
+                    last,
                 )
+        self.phases["setup_s"] = round(time.perf_counter() - setup_start, 1)
 
     # ------------------------------------------------------------------------------ setup
 
@@ -362,6 +366,7 @@ class Trainer:
 
         path = self.run_dir / "base_model"
         if not (path / "config.json").exists():
+            self._say(f"building the tiny default model and its tokenizer into {path} (~10 s)")
             build_default(path, seed=self.cfg.model.seed)
         return path
 
@@ -445,7 +450,11 @@ class Trainer:
         from mtrl_jax.trajectory import read_trajectories
 
         s = self.cfg.sft
+        start = time.perf_counter()
         if s.demo_source == "oracle":
+            self._say(
+                f"warm start: playing the oracle on {s.demo_tasks or 'every'} training task(s)"
+            )
             n = count_tasks(self.make_train_env)
             if n is None:
                 raise ValueError("oracle demonstrations need an environment that lists its tasks")
@@ -464,6 +473,10 @@ class Trainer:
             assert s.trajectories is not None  # checked by the config
             records = [r for r in read_trajectories(s.trajectories) if r.status == "ok"]
         model = nnx.merge(self.graphdef, self.state.params, self.state.rest)
+        self._say(
+            f"warm start: {s.steps} SFT steps on {len(records)} demonstrations "
+            "(the first step compiles: 10-30 s on 2 cores)"
+        )
         bar = self._bar(s.steps, "sft")
 
         def on_step(step: int, metrics: dict[str, float]) -> None:
@@ -498,6 +511,7 @@ class Trainer:
         self.state = self._place(state)
         self.sampler.set_params(self._sampler_model(), self.version)
         self.export(self.run_dir / "warm_start")
+        self.phases["sft_s"] = round(time.perf_counter() - start, 1)
         return history
 
     def _load_reference(self) -> tuple[nnx.State, nnx.State]:
@@ -531,7 +545,7 @@ class Trainer:
 
         Returns:
             ``{"before": eval summary or None, "after": eval summary, "steps": int,
-            "history": [...], "run_dir": str}``.
+            "history": [...], "run_dir": str, "phases": {name: wall-clock seconds}}``.
         """
         cfg = self.cfg
         before = None
@@ -544,13 +558,20 @@ class Trainer:
                         f"{sft[0]['sft/loss']:.3f} -> {sft[-1]['sft/loss']:.3f}"
                     )
                 before = self.evaluate()
-                self._say(f"held-out success before RL: {before.get('success_rate')}")
             if cfg.train.loss.kl_coef > 0.0:
                 self.reference = self._load_reference()
+            if self.step < cfg.steps:
+                self._say(
+                    f"RL: {cfg.steps - self.step} steps of {cfg.env.tasks_per_step} tasks x "
+                    f"{cfg.rollout.group_size} episodes ({cfg.async_.mode}; the first step "
+                    "compiles the sampler and the train step: about a minute on 2 cores)"
+                )
+            start = time.perf_counter()
             if cfg.async_.mode == "sync":
                 self._run_sync()
             else:
                 self._run_async()
+            self.phases["rl_s"] = round(time.perf_counter() - start, 1)
             after = self.evaluate() if self.step > 0 or before is None else before
             self.save()
         except BaseException:
@@ -563,6 +584,7 @@ class Trainer:
             "steps": self.step,
             "history": self.history,
             "run_dir": str(self.run_dir),
+            "phases": dict(self.phases),
         }
 
     def _say(self, message: str) -> None:
@@ -767,7 +789,21 @@ class Trainer:
 
     def evaluate(self) -> dict[str, Any]:
         """Plays the held-out split with the current weights; logs ``eval/*``; watches hacking."""
+        e = self.cfg.eval
+        n = count_tasks(self.make_eval_env)
+        n = n if e.max_tasks is None or n is None else min(n, e.max_tasks)
+        how = "greedy" if e.temperature == 0 else f"temperature {e.temperature}"
+        self._say(
+            f"evaluating at step {self.step} on {n or 'the'} held-out tasks "
+            f"({e.samples_per_task} sample(s) each, {how})"
+        )
+        start = time.perf_counter()
         summary, records = self.evaluator.run(self._sampler_model(), version=self.version)
+        seconds = time.perf_counter() - start
+        self.phases[f"eval_step{self.step}_s"] = round(seconds, 1)
+        self._say(
+            f"held-out success at step {self.step}: {summary.get('success_rate')} ({seconds:.0f} s)"
+        )
         if not self._logged("eval"):
             self.tracker.log_episodes(
                 records[: self.cfg.tracking.log_episodes], step=self.step, tag="eval"

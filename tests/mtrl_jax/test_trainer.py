@@ -201,6 +201,15 @@ def test_trainer__resume_reproduces_every_step_metric(resume_runs, step):
     assert_same_metrics(full[step], resumed[step], f"step {step}")
 
 
+def test_trainer__run_reports_the_wall_clock_of_every_phase(resume_runs):
+    phases = resume_runs["full_out"]["phases"]
+    # Setup, the warm start, the evaluation before RL (step 0), RL, the final evaluation.
+    assert sorted(phases) == ["eval_step0_s", "eval_step4_s", "rl_s", "setup_s", "sft_s"]
+    assert all(seconds >= 0 for seconds in phases.values())
+    # A resumed run times what it ran: no warm start, no evaluation before RL.
+    assert sorted(resume_runs["resumed_out"]["phases"]) == ["eval_step4_s", "rl_s", "setup_s"]
+
+
 def test_trainer__kl_penalty_is_measured_against_the_warm_start(resume_runs, base_model):
     from flax import nnx
 
