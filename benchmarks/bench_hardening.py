@@ -37,6 +37,7 @@ import tempfile
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -195,28 +196,51 @@ class Tally:
             self.bad("unencodable", action, repr(e))
 
 
+def _play_episode(
+    step: Callable[[str], tuple],
+    params: dict[str, dict[str, Any]],
+    turns: int,
+    rng: random.Random,
+    tally: Tally,
+    classify: Callable[[Exception], str],
+) -> None:
+    """Up to ``turns`` adversarial actions through ``step``; an exception is counted and ends it."""
+    tally.counts["episodes"] += 1
+    for _ in range(turns):
+        action = adversarial_action(rng, params)
+        tally.counts["actions"] += 1
+        try:
+            _, _, terminated, truncated, info = step(action)
+        except Exception as e:  # noqa: BLE001 - what escapes is what we count
+            tally.bad(classify(e), action, traceback.format_exc())
+            return
+        tally.check_info(action, info)
+        if terminated or truncated:
+            return
+
+
 def play_local(env_id: str, episodes: int, turns: int, rng: random.Random, tally: Tally) -> None:
     """``episodes`` adversarial episodes of ``env_id``, half with ``step``, half with ``astep``."""
     env = gym.make(env_id).unwrapped
+
+    def astep(action: str) -> tuple:
+        return asyncio.run(env.astep(action))
+
     try:
         for i in range(episodes):
             _, info = env.reset(seed=i)
-            params = _tool_params(info)
-            tally.counts["episodes"] += 1
-            for _ in range(turns):
-                action = adversarial_action(rng, params)
-                tally.counts["actions"] += 1
-                try:
-                    out = asyncio.run(env.astep(action)) if i % 2 else env.step(action)
-                except Exception:  # noqa: BLE001 - an escape is what we count
-                    tally.bad("escaped", action, traceback.format_exc())
-                    break
-                _, _, terminated, truncated, info = out
-                tally.check_info(action, info)
-                if terminated or truncated:
-                    break
+            step = astep if i % 2 else env.step
+            _play_episode(step, _tool_params(info), turns, rng, tally, lambda e: "escaped")
     finally:
         env.close()
+
+
+def _remote_failure(error: Exception) -> str:
+    """What a client-side exception means: a 5xx, a lost session, or another escape."""
+    message = str(error).lower()
+    if "session" in message and ("unknown" in message or "lost" in message):
+        return "sessions_lost"
+    return "5xx" if re.search(r"\b5\d\d\b", message) else "escaped"
 
 
 def _free_port() -> int:
@@ -249,23 +273,7 @@ def play_remote(env_id: str, episodes: int, turns: int, rng: random.Random, tall
                 except Exception:  # noqa: BLE001
                     tally.bad("reset_failed", "", traceback.format_exc())
                     continue
-                params = _tool_params(info)
-                tally.counts["episodes"] += 1
-                for _ in range(turns):
-                    action = adversarial_action(rng, params)
-                    tally.counts["actions"] += 1
-                    try:
-                        _, _, terminated, truncated, info = env.step(action)
-                    except Exception as e:  # noqa: BLE001
-                        text, message = traceback.format_exc(), str(e).lower()
-                        kind = "5xx" if re.search(r"\b5\d\d\b", message) else "escaped"
-                        if "session" in message and ("unknown" in message or "lost" in message):
-                            kind = "sessions_lost"
-                        tally.bad(kind, action, text)
-                        break
-                    tally.check_info(action, info)
-                    if terminated or truncated:
-                        break
+                _play_episode(env.step, _tool_params(info), turns, rng, tally, _remote_failure)
         finally:
             env.close()
         tally.counts["server_alive_after"] = int(server.poll() is None)
