@@ -452,13 +452,11 @@ class Trainer:
         s = self.cfg.sft
         start = time.perf_counter()
         if s.demo_source == "oracle":
-            self._say(
-                f"warm start: playing the oracle on {s.demo_tasks or 'every'} training task(s)"
-            )
             n = count_tasks(self.make_train_env)
             if n is None:
                 raise ValueError("oracle demonstrations need an environment that lists its tasks")
             tasks = first_tasks(n, s.demo_tasks)
+            self._say(f"warm start: playing the oracle on {len(tasks)} training tasks")
             records = oracle_records(
                 self.make_train_env,
                 tasks,
