@@ -13,8 +13,11 @@ infrastructure failure, so group sizes may differ. Shared behaviour, tested for 
 
 ``to_group_layout``/``from_group_layout`` convert flat per-trajectory arrays (host side) to the
 layout and back; ``token_advantages`` broadcasts onto sampled tokens (loss mask 1) only.
+``drop_identical_groups`` is DAPO's dynamic-sampling filter on that layout: groups whose rewards
+are all equal (no advantage signal) leave the batch instead of diluting it with zeros.
 
-Non-goals: per-token credit assignment (GAE, value functions), reward shaping.
+Non-goals: per-token credit assignment (GAE, value functions), reward shaping
+(``mtrl_jax.rollout.shaping``), sampling more tasks to refill a filtered batch (the trainer's).
 """
 
 from __future__ import annotations
@@ -38,25 +41,36 @@ EstimatorFn = Callable[
 ADVANTAGE_ESTIMATORS: Registry[EstimatorFn] = Registry("advantage estimator")
 
 
+# Estimators whose paper form is unscaled: ``scale_by_std=None`` leaves them unscaled.
+_UNSCALED_BY_DEFAULT = frozenset({"best_minus_second"})
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class AdvantageConfig:
-    """How group advantages are computed.
+    """How group advantages are computed, and which groups train at all.
 
     Attributes:
         estimator: registry name: ``grpo``, ``rloo``, ``pass_at_k`` or ``best_minus_second``.
         scale_by_std: divide by the group's reward std (``grpo``, ``best_minus_second``) or the
             std of k-subset rewards (``pass_at_k``). ``grpo`` without it is Dr. GRPO. ``rloo``
-            ignores it (its baseline is already unbiased and unscaled).
+            ignores it (its baseline is already unbiased and unscaled). None (default) is each
+            estimator's paper form: scaled for ``grpo`` and ``pass_at_k``, unscaled for
+            ``best_minus_second``; see :attr:`scales_by_std`.
         std_ddof: 0 for the population std, 1 for the sample std (verl and TRL use 1).
-        k: subset size of ``pass_at_k``; groups with fewer valid samples use all of them.
+        k: subset size of ``pass_at_k``; groups with fewer valid samples use all of them. Must
+            be ``<= rollout.group_size`` (checked by ``RolloutConfig``).
         eps: added to the std before dividing.
+        filter_groups: DAPO's dynamic sampling: drop groups whose valid rewards are all equal
+            from the round's training batch (:func:`drop_identical_groups`; counted as
+            ``advantage/filtered_groups``). The batch shrinks; nothing refills it.
     """
 
     estimator: str = "grpo"
-    scale_by_std: bool = True
+    scale_by_std: bool | None = None
     std_ddof: int = 0
     k: int = 1
     eps: float = 1e-6
+    filter_groups: bool = False
 
     def __post_init__(self) -> None:
         ADVANTAGE_ESTIMATORS.check(self.estimator)
@@ -66,6 +80,13 @@ class AdvantageConfig:
             raise ValueError(f"k must be >= 1, got {self.k}")
         if not self.eps >= 0:
             raise ValueError(f"eps must be >= 0, got {self.eps}")
+
+    @property
+    def scales_by_std(self) -> bool:
+        """``scale_by_std`` resolved: when None, False for ``best_minus_second``, else True."""
+        if self.scale_by_std is not None:
+            return self.scale_by_std
+        return self.estimator not in _UNSCALED_BY_DEFAULT
 
 
 def _group_stats(
@@ -99,7 +120,7 @@ def grpo_advantages(
     """
     _, mean, std = _group_stats(rewards, mask, cfg.std_ddof)
     adv = rewards - mean[:, None]
-    if cfg.scale_by_std:
+    if cfg.scales_by_std:
         adv = adv / (std[:, None] + cfg.eps)
     # Exact zeros for uniform groups: the float mean of equal rewards can differ from them in the
     # last bit, and dividing by a std of ~1e-17 + eps would blow that up.
@@ -185,7 +206,7 @@ def pass_at_k_advantages(
     sigma = jnp.sqrt((w * (r - mean) ** 2).sum(-1, keepdims=True))
     above = jnp.cumsum((t * r)[:, ::-1], axis=-1)[:, ::-1] - t * r  # sum over ranks j > p
     adv_sorted = s * r + above - mean
-    if cfg.scale_by_std:
+    if cfg.scales_by_std:
         adv_sorted = adv_sorted / (sigma + cfg.eps)
     adv = jnp.take_along_axis(adv_sorted, jnp.argsort(order, axis=-1), axis=-1)
     # Every subset has the same max exactly when ranks k_n..n tie (sigma = 0 in exact arithmetic;
@@ -204,7 +225,8 @@ def best_minus_second_advantages(
     The group reward is ``max_j r_j``; with the leave-one-out baseline ``max_{j != i} r_j``,
     ``A_i = max_j r_j - max_{j != i} r_j``, which is ``best - second best`` for the best sample
     and 0 for all others (Walder & Karkhanis 2025, "Pass@K Policy Optimization", arXiv
-    2503.19595; verl's ``grpo_passk``). With ``scale_by_std`` divided by the group std + eps.
+    2503.19595). Unscaled by default, the paper's form: the gap is already in reward units.
+    ``scale_by_std=True`` divides it by the group std + eps (as verl's ``grpo_passk`` can).
     Ties for the best give 0; groups with fewer than 2 valid samples give 0.
     """
     if rewards.shape[-1] < 2:  # no second sample anywhere
@@ -214,7 +236,7 @@ def best_minus_second_advantages(
     best_idx = jnp.argmax(masked, axis=-1)  # the first of tied bests; their gap is 0 anyway
     top2 = jax.lax.top_k(masked, 2)[0]
     gap = jnp.where(valid.sum(-1) >= 2, top2[:, 0] - top2[:, 1], 0.0)
-    if cfg.scale_by_std:
+    if cfg.scales_by_std:
         gap = gap / (_group_stats(rewards, mask, cfg.std_ddof)[2] + cfg.eps)
     adv = jax.nn.one_hot(best_idx, rewards.shape[-1], dtype=rewards.dtype) * gap[:, None]
     return adv * mask
@@ -324,6 +346,41 @@ def to_group_layout(
 def from_group_layout(values: np.ndarray | Array, layout: GroupLayout) -> np.ndarray:
     """Reads ``[Gn, G]`` values (e.g. advantages) back into the flat trajectory order ``[N]``."""
     return np.asarray(values)[layout.group_index, layout.slot_index]
+
+
+def drop_identical_groups(layout: GroupLayout) -> tuple[GroupLayout, int]:
+    """Dynamic sampling: masks out every group whose valid rewards are all equal.
+
+    Such a group (all 0, all 1, or a single valid sample) has zero advantage under every
+    estimator, so its trajectories only add zero-gradient tokens to the normalisers and KL /
+    entropy terms to the loss. DAPO drops them and samples more prompts until the batch is
+    full (Yu et al. 2025, arXiv 2503.14476, "dynamic sampling": keep a group iff
+    ``0 < |{correct}| < G``; for real-valued rewards, iff its reward std is > 0). This function
+    does the drop only; a refill is the caller's (the kept groups are the non-empty rows of the
+    returned mask, ``layout.group_keys`` names them). Equality is exact, as for the
+    ``advantage/identical_groups`` metric. Groups that are zero for another reason (a tie for
+    the best under ``best_minus_second``) are kept.
+
+    Args:
+        layout: the round's groups (:func:`to_group_layout`).
+
+    Returns:
+        The layout with the dropped groups' mask set to 0 (their rows stay, so
+        :func:`from_group_layout` still reads every trajectory back), and the number of
+        non-empty groups dropped.
+
+    Example:
+        >>> lay = to_group_layout(["a", "a", "b", "b"], [1.0, 1.0, 0.0, 1.0])
+        >>> kept, dropped = drop_identical_groups(lay)
+        >>> kept.mask.tolist(), dropped
+        ([[0.0, 0.0], [1.0, 1.0]], 1)
+    """
+    valid = layout.mask > 0
+    hi = np.where(valid, layout.rewards, -np.inf).max(-1, initial=-np.inf)
+    lo = np.where(valid, layout.rewards, np.inf).min(-1, initial=np.inf)
+    drop = valid.any(-1) & (hi == lo)
+    mask = np.where(drop[:, None], 0.0, layout.mask).astype(np.float32)
+    return layout._replace(mask=mask), int(drop.sum())
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:

@@ -490,7 +490,8 @@ class RunConfig:
         env: the environment.
         sampler: the sampling distribution and prefill buckets.
         engine: the sampling engine's shape.
-        rollout: group size, turn limits and the advantage estimator.
+        rollout: group size, turn limits, the advantage estimator, group filter and overlong
+            shaping (pass_at_k k <= group_size is checked there).
         train: loss, optimizer and micro-batching.
         packing: how trajectories become ``[B, T]`` rows.
         async_: rollout/training overlap; YAML key ``async`` (a Python keyword).
@@ -554,12 +555,6 @@ class RunConfig:
                 f"packing.rows_multiple ({self.packing.rows_multiple}) must be a multiple of "
                 f"mesh.train.data * mesh.train.fsdp * train.minibatches "
                 f"({rows_ways * minibatches}): each minibatch's rows are split over the mesh"
-            )
-        advantage = self.rollout.advantage
-        if advantage.estimator == "pass_at_k" and advantage.k > self.rollout.group_size:
-            fail(
-                f"rollout.advantage.k ({advantage.k}) must be <= rollout.group_size "
-                f"({self.rollout.group_size})"
             )
 
     @property

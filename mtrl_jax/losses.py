@@ -13,7 +13,7 @@ every correction. All three are chosen by name from small registries:
 - ``IS_CORRECTIONS``: ``none``, ``token``, ``sequence`` (truncated at ``is_cap``).
 - ``KL_ESTIMATORS``: ``k1``, ``k2``, ``k3``.
 
-``compute_loss`` combines them and aggregates per-token terms with one of three modes; it takes
+``compute_loss`` combines them and aggregates per-token terms with one of four modes; it takes
 the normalisers (token and sequence counts) as arguments so that gradient accumulation over
 micro-batches sums to exactly the full-batch gradient.
 
@@ -32,7 +32,9 @@ import jax.numpy as jnp
 from mtrl_jax.registry import Registry
 from mtrl_jax.types import Array, Float, Int, TrainBatch
 
-Aggregation = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"]
+Aggregation = Literal[
+    "token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"
+]
 PolicyLossFn = Callable[..., tuple[Float[Array, "B T"], dict[str, Float[Array, "B T"]]]]
 CorrectionFn = Callable[..., tuple[Float[Array, "B T"], Float[Array, "B T"]]]
 KLFn = Callable[[Float[Array, "B T"], Float[Array, "B T"]], Float[Array, "B T"]]
@@ -60,8 +62,12 @@ class LossConfig:
         kl_coef: weight of the KL penalty to the reference policy (needs ``ref_logp``).
         kl_estimator: ``k1``, ``k2`` or ``k3``.
         entropy_coef: weight of the entropy bonus (subtracted from the loss).
-        aggregation: ``token-mean``, ``seq-mean-token-mean`` or ``seq-mean-token-sum``; a
-            sequence is a segment of a packed row.
+        aggregation: ``token-mean``, ``seq-mean-token-mean``, ``seq-mean-token-sum`` or
+            ``seq-mean-token-sum-norm`` (Dr. GRPO); a sequence is a segment of a packed row.
+            See :func:`token_weights`.
+        norm_tokens: the constant ``C`` of ``seq-mean-token-sum-norm`` (required there, unused
+            otherwise): Dr. GRPO uses the longest generation allowed, e.g. the rollout's
+            sampled-token limit of one sequence.
     """
 
     policy_loss: str = "ppo"
@@ -76,6 +82,7 @@ class LossConfig:
     kl_estimator: str = "k3"
     entropy_coef: float = 0.0
     aggregation: Aggregation = "token-mean"
+    norm_tokens: int | None = None
 
     def __post_init__(self) -> None:
         POLICY_LOSSES.check(self.policy_loss)
@@ -83,6 +90,16 @@ class LossConfig:
         KL_ESTIMATORS.check(self.kl_estimator)
         if self.aggregation not in get_args(Aggregation):
             raise ValueError(f"aggregation must be one of {get_args(Aggregation)}")
+        normed = self.aggregation == "seq-mean-token-sum-norm"
+        if normed and self.norm_tokens is None:
+            raise ValueError("aggregation seq-mean-token-sum-norm needs norm_tokens (its C)")
+        if not normed and self.norm_tokens is not None:
+            raise ValueError(
+                f"norm_tokens is only used with aggregation seq-mean-token-sum-norm, "
+                f"got aggregation {self.aggregation!r}"
+            )
+        if self.norm_tokens is not None and self.norm_tokens < 1:
+            raise ValueError(f"norm_tokens must be >= 1, got {self.norm_tokens}")
         if not (0.0 <= self.clip_low < 1.0 and self.clip_high >= 0.0):
             raise ValueError("need 0 <= clip_low < 1 and clip_high >= 0")
         if self.dual_clip_c is not None and not self.dual_clip_c > 1.0:
@@ -346,6 +363,7 @@ def token_weights(
     segment_ids: Int[Array, "B T"],
     aggregation: Aggregation,
     denominators: LossDenominators,
+    norm_tokens: int | None = None,
 ) -> Float[Array, "B T"]:
     """Per-token weights ``w`` such that the aggregated loss is ``sum_t w_t l_t``.
 
@@ -354,6 +372,12 @@ def token_weights(
       over sequences: the original GRPO).
     - ``seq-mean-token-sum``: ``w_t = m_t / N_seqs`` (sum over a sequence's tokens, mean over
       sequences).
+    - ``seq-mean-token-sum-norm``: ``w_t = m_t / (C N_seqs)`` with ``C = norm_tokens`` a
+      constant: the sum over a sequence's tokens divided by ``C``, mean over sequences (Dr.
+      GRPO, Liu et al. 2025, arXiv 2503.20783). Unlike ``1 / n_s``, a constant gives every token
+      the same weight whatever its sequence's length, so long wrong answers are not punished
+      less per token than short ones; unlike ``token-mean``, a token's weight does not depend
+      on how long the *other* sequences of the batch are.
 
     ``m`` is the loss mask, ``n_s`` the loss tokens of ``t``'s segment. Counts come from
     ``denominators`` so that micro-batch losses add up to the full-batch loss.
@@ -363,6 +387,10 @@ def token_weights(
     seqs = jnp.maximum(denominators.num_seqs, 1.0)
     if aggregation == "seq-mean-token-sum":
         return loss_mask / seqs
+    if aggregation == "seq-mean-token-sum-norm":
+        if norm_tokens is None:
+            raise ValueError("seq-mean-token-sum-norm needs norm_tokens")
+        return loss_mask / (seqs * norm_tokens)
     seg_tokens = _per_segment_sum(loss_mask, segment_ids)
     return loss_mask / (jnp.maximum(seg_tokens, 1.0) * seqs)
 
@@ -417,7 +445,7 @@ def compute_loss(
         kl_ref}``, ``is/{ratio_mean,ratio_max,weight_mean,weight_max,truncated_frac}``.
     """
     mask, seg = batch.loss_mask, batch.segment_ids
-    weights = token_weights(mask, seg, cfg.aggregation, denominators)
+    weights = token_weights(mask, seg, cfg.aggregation, denominators, cfg.norm_tokens)
     token_mean = mask / jnp.maximum(denominators.num_tokens, 1.0)  # for metrics
 
     per_token, stats = POLICY_LOSSES.get(cfg.policy_loss)(

@@ -12,7 +12,8 @@ Public API::
 
 Modules: ``sequence`` (one episode's tokens: sampled tokens plus chat-template deltas, history
 rewrite detection), ``engine`` (concurrent groups through ``mtrl_gym.EpisodeRunner``, exclusion
-of infrastructure failures, group advantages), ``metrics`` (``rollout/*`` names).
+of infrastructure failures, group filtering, group advantages), ``shaping`` (DAPO's overlong
+penalty or filter, before advantages), ``metrics`` (``rollout/*`` names).
 
 Non-goals: the sampler itself (``mtrl_jax.sampler``), the training loop (``trainer``).
 """
@@ -20,11 +21,13 @@ Non-goals: the sampler itself (``mtrl_jax.sampler``), the training loop (``train
 from mtrl_jax.rollout.engine import RolloutBatch, RolloutConfig, RolloutEngine, Sampler
 from mtrl_jax.rollout.metrics import EXCLUDED_STATUSES, rollout_metrics
 from mtrl_jax.rollout.sequence import ChatTokenizer, EpisodeSequence, SampleLike
+from mtrl_jax.rollout.shaping import OverlongConfig
 
 __all__ = [
     "EXCLUDED_STATUSES",
     "ChatTokenizer",
     "EpisodeSequence",
+    "OverlongConfig",
     "RolloutBatch",
     "RolloutConfig",
     "RolloutEngine",

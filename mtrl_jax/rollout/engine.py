@@ -26,6 +26,14 @@ are never scored 0 (that would poison the group's baseline). Groups shrink inste
 mask of :func:`mtrl_jax.advantages.to_group_layout`, and the count is reported as
 ``rollout/excluded_infra``.
 
+Scoring a training round, in order: overlong shaping (``cfg.overlong``,
+:mod:`mtrl_jax.rollout.shaping`) turns the environment's rewards into the rewards the advantages
+see, and may mark truncated episodes to stay out of the loss; the groups are laid out; with
+``cfg.advantage.filter_groups`` groups whose (shaped) rewards are all equal are dropped
+(:func:`mtrl_jax.advantages.drop_identical_groups`, DAPO's dynamic sampling without the refill);
+advantages are computed over what is left. Dropped and masked episodes keep their records (with
+advantage 0 for dropped groups) but produce no learner trajectories.
+
 Non-goals: batching sampler calls (the sampler's job), staleness control and weight sync (the
 trainer's), writing records (``mtrl_jax.trajectory.TrajectoryWriter``).
 """
@@ -45,11 +53,13 @@ from mtrl_gym import EpisodeJob, EpisodeResult, EpisodeRunner, ensure_trainable
 from mtrl_jax.advantages import (
     AdvantageConfig,
     compute_group_advantages,
+    drop_identical_groups,
     from_group_layout,
     to_group_layout,
 )
 from mtrl_jax.rollout.metrics import EXCLUDED_STATUSES, rollout_metrics
 from mtrl_jax.rollout.sequence import ChatTokenizer, EpisodeSequence, SampleLike
+from mtrl_jax.rollout.shaping import OverlongConfig, shape_overlong
 from mtrl_jax.trajectory import SampleWeighting, TrajectoryRecord
 from mtrl_jax.types import Trajectory
 
@@ -107,7 +117,8 @@ class RolloutConfig:
         episode_timeout_s: Wall-clock limit of one episode (status ``timeout``); None: none.
         max_steps: Safety bound on turns per episode (environments truncate well before).
         seed: Base of the episodes' reset seeds.
-        advantage: The group advantage estimator.
+        advantage: The group advantage estimator and the group filter.
+        overlong: Overlong reward shaping or filtering (:mod:`mtrl_jax.rollout.shaping`).
         sample_weighting: Advantage weighting of per-turn samples (``mtrl_jax.trajectory``).
     """
 
@@ -120,11 +131,19 @@ class RolloutConfig:
     max_steps: int = 64
     seed: int = 0
     advantage: AdvantageConfig = dataclasses.field(default_factory=AdvantageConfig)
+    overlong: OverlongConfig = dataclasses.field(default_factory=OverlongConfig)
     sample_weighting: SampleWeighting = "inverse_count"
 
     def __post_init__(self) -> None:
         if self.group_size < 1 or self.max_new_tokens < 1 or self.max_steps < 1:
             raise ValueError("group_size, max_new_tokens and max_steps must be >= 1")
+        # Checked here, where the estimator meets the group size: a k-subset of a G-group
+        # needs k <= G (smaller groups after exclusions fall back to k = n by design).
+        if self.advantage.estimator == "pass_at_k" and self.advantage.k > self.group_size:
+            raise ValueError(
+                f"advantage.k ({self.advantage.k}) must be <= group_size ({self.group_size}) "
+                "for the pass_at_k estimator"
+            )
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -342,24 +361,36 @@ class RolloutEngine:
         if records and len(sampler_errors) == len(records):
             # Every episode failed before its first turn: a systematic bug, not flaky infra.
             raise RuntimeError(f"every episode failed: {sampler_errors[0].eval}")
-        valid = [r.status not in EXCLUDED_STATUSES for r in records]
+        valid = np.array([r.status not in EXCLUDED_STATUSES for r in records], bool)
+        trains = np.zeros(len(records), bool)
         adv_metrics: dict[str, float] = {}
-        if any(valid) and not evaluation:  # an evaluation round trains nothing
-            layout = to_group_layout(
-                [r.group_id for r in records],
-                [r.reward for r in records],
-                valid,
-                group_size=self.cfg.group_size,
+        if valid.any() and not evaluation:  # an evaluation round trains nothing
+            included = [r for r, ok in zip(records, valid, strict=True) if ok]
+            shaped = shape_overlong(
+                [r.reward for r in included],
+                [int(r.loss_mask.sum()) for r in included],  # L: sampled tokens, all turns
+                [r.status for r in included],
+                self.cfg.overlong,
             )
+            rewards = np.zeros(len(records), np.float32)
+            rewards[valid] = shaped.rewards
+            layout = to_group_layout(
+                [r.group_id for r in records], rewards, valid, group_size=self.cfg.group_size
+            )
+            dropped = 0
+            if self.cfg.advantage.filter_groups:
+                layout, dropped = drop_identical_groups(layout)
             adv, raw = compute_group_advantages(layout.rewards, layout.mask, self.cfg.advantage)
-            adv_metrics = {k: float(v) for k, v in raw.items()}
+            adv_metrics = {k: float(v) for k, v in raw.items()} | shaped.metrics
+            adv_metrics["advantage/filtered_groups"] = float(dropped)
             for record, a, ok in zip(records, from_group_layout(adv, layout), valid, strict=True):
                 record.advantage = float(a) if ok else None
+            trains = from_group_layout(layout.mask, layout) > 0  # excluded and dropped: False
+            trains[valid] &= shaped.train_mask
         trajectories: list[Trajectory] = []
-        if not evaluation:
-            for record, ok in zip(records, valid, strict=True):
-                if ok:
-                    trajectories += record.to_learner(sample_weighting=self.cfg.sample_weighting)
+        for record, train in zip(records, trains, strict=True):
+            if train:
+                trajectories += record.to_learner(sample_weighting=self.cfg.sample_weighting)
         metrics = {**rollout_metrics(records), **adv_metrics}
         metrics["rollout/learner_sequences"] = float(len(trajectories))
         return RolloutBatch(records=records, trajectories=trajectories, metrics=metrics)

@@ -87,6 +87,29 @@ def best_minus_second_by_enumeration(rewards, scale_by_std, ddof=0, eps=1e-6):
     return out
 
 
+def is_identical_group(rewards):
+    """DAPO's dynamic-sampling test on one group's valid rewards: no spread, no signal."""
+    return len(rewards) > 0 and all(r == rewards[0] for r in rewards)
+
+
+# --- overlong shaping: one episode at a time -------------------------------------------------
+
+
+def overlong_penalty(length, max_tokens, buffer):
+    """DAPO eq. 13, branch by branch."""
+    if length <= max_tokens - buffer:
+        return 0.0
+    if length <= max_tokens:
+        return (max_tokens - buffer - length) / buffer
+    return -1.0
+
+
+def overlong_truncated(length, status, max_tokens):
+    if status == "truncated":
+        return True
+    return max_tokens is not None and length >= max_tokens
+
+
 def unbiased_pass_at_k_by_enumeration(n, c, k):
     samples = [1] * c + [0] * (n - c)
     subsets = list(itertools.combinations(range(n), k))
@@ -155,7 +178,7 @@ def tis_weights(old, behaviour, mask, segment_ids, level, cap):
     return w
 
 
-def aggregate(values, mask, segment_ids, mode):
+def aggregate(values, mask, segment_ids, mode, norm_tokens=None):
     segs = list(segments(segment_ids, mask))
     if mode == "token-mean":
         total = sum(values[r, j] for r, slots in segs for j in slots if mask[r, j] > 0)
@@ -163,7 +186,12 @@ def aggregate(values, mask, segment_ids, mode):
     per_seq = []
     for r, slots in segs:
         tokens = [values[r, j] for j in slots if mask[r, j] > 0]
-        per_seq.append(sum(tokens) / len(tokens) if mode == "seq-mean-token-mean" else sum(tokens))
+        if mode == "seq-mean-token-mean":
+            per_seq.append(sum(tokens) / len(tokens))
+        elif mode == "seq-mean-token-sum-norm":  # Dr. GRPO: a constant instead of len(tokens)
+            per_seq.append(sum(tokens) / norm_tokens)
+        else:
+            per_seq.append(sum(tokens))
     return sum(per_seq) / max(len(per_seq), 1)
 
 
@@ -189,14 +217,14 @@ def total_loss(batch, logp, entropy, cfg):
     weights = tis_weights(
         batch["old_logp"], batch["behaviour_logp"], mask, batch["segment_ids"], level, cfg["cap"]
     )
-    mode, segs = cfg["aggregation"], batch["segment_ids"]
-    loss = aggregate(policy * weights, mask, segs, mode)
+    mode, segs, c = cfg["aggregation"], batch["segment_ids"], cfg.get("norm_tokens")
+    loss = aggregate(policy * weights, mask, segs, mode, c)
     if cfg["kl_coef"]:
         kl = np.zeros((b, t))
         for r in range(b):
             for j in range(t):
                 kl[r, j] = kl_token(logp[r, j], batch["ref_logp"][r, j], cfg["kl_estimator"])
-        loss += cfg["kl_coef"] * aggregate(kl, mask, segs, mode)
+        loss += cfg["kl_coef"] * aggregate(kl, mask, segs, mode, c)
     if cfg["entropy_coef"]:
-        loss -= cfg["entropy_coef"] * aggregate(entropy, mask, segs, mode)
+        loss -= cfg["entropy_coef"] * aggregate(entropy, mask, segs, mode, c)
     return loss

@@ -9,6 +9,7 @@ from mtrl_jax.advantages import (
     ADVANTAGE_ESTIMATORS,
     AdvantageConfig,
     compute_group_advantages,
+    drop_identical_groups,
     from_group_layout,
     pass_at_k,
     to_group_layout,
@@ -104,21 +105,79 @@ def test_pass_at_k__k1_is_grpo(scale_by_std):
     np.testing.assert_allclose(passk, grpo, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("scale_by_std", [True, False])
+@pytest.mark.parametrize("scale_by_std", [None, True, False])
 @pytest.mark.parametrize("ddof", [0, 1])
 def test_best_minus_second__matches_brute_force_enumeration(scale_by_std, ddof):
     rewards, mask = random_groups(4)
     rewards[3, :4], mask[3, :4] = [1.0, 1.0, 0.5, 0.0], 1.0  # a tie for the best: all zero
     cfg = AdvantageConfig(estimator="best_minus_second", scale_by_std=scale_by_std, std_ddof=ddof)
     adv, metrics = compute_group_advantages(rewards, mask, cfg)
+    scaled = scale_by_std is True  # None: the paper's unscaled form
     check_against(
-        lambda r: ref.best_minus_second_by_enumeration(r, scale_by_std, ddof),
+        lambda r: ref.best_minus_second_by_enumeration(r, scaled, ddof),
         adv,
         rewards,
         mask,
         1e-5,
     )
     assert int(metrics["advantage/zero_groups"]) >= 2  # the identical group and the tie
+
+
+def test_best_minus_second__default_is_the_unscaled_gap():
+    # Group [0.2, 0.9, 0.5]: best 0.9, second 0.5, so the best sample gets 0.4 and the others 0,
+    # not 0.4 / std = 0.4 / 0.2867 = 1.395 (the scaled form, still selectable).
+    rewards = np.array([[0.2, 0.9, 0.5]], np.float32)
+    adv, _ = compute_group_advantages(rewards, None, AdvantageConfig(estimator="best_minus_second"))
+    np.testing.assert_allclose(adv, [[0.0, 0.4, 0.0]], atol=1e-6)
+    scaled_cfg = AdvantageConfig(estimator="best_minus_second", scale_by_std=True)
+    scaled, _ = compute_group_advantages(rewards, None, scaled_cfg)
+    np.testing.assert_allclose(scaled, [[0.0, 0.4 / (np.std([0.2, 0.9, 0.5]) + 1e-6), 0.0]], 1e-5)
+
+
+def test_advantage_config__scale_by_std_none_is_each_papers_form():
+    assert AdvantageConfig(estimator="grpo").scales_by_std
+    assert AdvantageConfig(estimator="pass_at_k").scales_by_std
+    assert not AdvantageConfig(estimator="best_minus_second").scales_by_std
+    assert not AdvantageConfig(estimator="grpo", scale_by_std=False).scales_by_std
+    assert AdvantageConfig(estimator="best_minus_second", scale_by_std=True).scales_by_std
+    rewards, mask = random_groups(8)
+    default, _ = compute_group_advantages(rewards, mask, AdvantageConfig())
+    check_against(lambda r: ref.grpo(r, True), default, rewards, mask, 1e-5)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_drop_identical_groups__matches_numpy_reference(seed):
+    rewards, mask = random_groups(seed, groups=9, size=4, binary=seed == 1)
+    rewards[2, mask[2] > 0] = 0.5  # all valid rewards equal: dropped
+    mask[3] = 0.0
+    mask[3, 2] = 1.0  # one valid sample: no spread, dropped
+    layout = to_group_layout(
+        [g for g in range(9) for _ in range(4)], rewards.reshape(-1), mask.reshape(-1) > 0
+    )
+    kept, dropped = drop_identical_groups(layout)
+    expected_drop = [ref.is_identical_group(rewards[g, mask[g] > 0].tolist()) for g in range(9)]
+    assert dropped == sum(expected_drop) >= 2  # group 2 (all 0.5) and group 3 (one sample)
+    for g in range(9):
+        np.testing.assert_array_equal(kept.mask[g], 0.0 if expected_drop[g] else mask[g])
+    np.testing.assert_array_equal(kept.rewards, layout.rewards)  # only the mask changes
+    assert kept.group_keys == layout.group_keys
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_drop_identical_groups__kept_groups_keep_their_advantages(estimator):
+    # Every estimator works group by group: dropping other groups changes no kept advantage.
+    rewards, mask = random_groups(10)
+    layout = to_group_layout(
+        [g for g in range(6) for _ in range(7)], rewards.reshape(-1), mask.reshape(-1) > 0
+    )
+    kept, dropped = drop_identical_groups(layout)
+    cfg = AdvantageConfig(estimator=estimator, k=3)
+    full, _ = compute_group_advantages(layout.rewards, layout.mask, cfg)
+    filtered, metrics = compute_group_advantages(kept.rewards, kept.mask, cfg)
+    np.testing.assert_allclose(filtered, np.asarray(full) * kept.mask, atol=1e-6)
+    assert int(metrics["advantage/identical_groups"]) == 0
+    nonempty = int((layout.mask.sum(1) > 0).sum())
+    assert int(metrics["advantage/groups"]) == nonempty - dropped
 
 
 @pytest.mark.parametrize("estimator", ESTIMATORS)

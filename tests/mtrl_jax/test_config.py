@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from mtrl_jax import config as C
+from mtrl_jax.advantages import AdvantageConfig
 from mtrl_jax.config import (
     AsyncConfig,
     ConfigError,
@@ -23,6 +24,7 @@ from mtrl_jax.config import (
     load_config,
     to_dict,
 )
+from mtrl_jax.rollout import RolloutConfig
 from mtrl_jax.sampler.config import SamplerConfig
 
 
@@ -215,8 +217,22 @@ def test_from_dict__literal_does_not_accept_equal_values_of_another_type() -> No
         (["mesh.train.data=3"], "packing.rows_multiple (8) must be a multiple of mesh.train.data"),
         (
             ["rollout.advantage.estimator=pass_at_k", "rollout.advantage.k=9"],
-            "rollout.advantage.k (9) must be <= rollout.group_size (8)",
+            "rollout: advantage.k (9) must be <= group_size (8) for the pass_at_k estimator",
         ),
+        (
+            ["rollout.overlong.mode=penalty", "rollout.overlong.buffer=64"],
+            "rollout.overlong: mode penalty needs max_tokens",
+        ),
+        (
+            ["rollout.overlong.mode=mask", "rollout.overlong.buffer=64"],
+            "rollout.overlong: buffer is only used with mode penalty",
+        ),
+        (["rollout.overlong.mode=soft"], "rollout.overlong.mode: expected one of 'none'"),
+        (
+            ["train.loss.aggregation=seq-mean-token-sum-norm"],
+            "train.loss: aggregation seq-mean-token-sum-norm needs norm_tokens",
+        ),
+        (["train.loss.norm_tokens=64"], "train.loss: norm_tokens is only used with aggregation"),
     ],
 )
 def test_load_config__post_init_violation_names_section(overrides: list, message: str) -> None:
@@ -451,6 +467,38 @@ def test_flatten__gives_dotted_string_params() -> None:
     assert len(flat) == len(_leaves(to_dict(cfg))) - len(cfg.env.kwargs) + 1
     # Every param is valid override syntax: applying them all rebuilds the config.
     assert load_config(None, [f"{k}={v}" for k, v in flat.items()]) == cfg
+
+
+def test_load_config__group_filtering_and_shaping_keys() -> None:
+    cfg = load_config(
+        "quickstart",
+        [
+            "rollout.advantage={estimator: best_minus_second, filter_groups: true}",
+            "rollout.overlong={mode: penalty, max_tokens: 512, buffer: 128}",
+            "train.loss.aggregation=seq-mean-token-sum-norm",
+            "train.loss.norm_tokens=512",
+        ],
+    )
+    advantage = cfg.rollout.advantage
+    assert advantage.filter_groups and advantage.scale_by_std is None
+    assert not advantage.scales_by_std  # best_minus_second's paper form is unscaled
+    assert (cfg.rollout.overlong.mode, cfg.rollout.overlong.buffer) == ("penalty", 128)
+    assert cfg.train.loss.norm_tokens == 512
+    flat = flatten(cfg)
+    assert flat["rollout.advantage.filter_groups"] == "true"
+    assert flat["rollout.overlong.max_tokens"] == "512"
+    assert load_config(None, [f"{k}={v}" for k, v in flat.items()]) == cfg
+    # Off by default: no filter, no shaping, per-token mean.
+    default = RunConfig()
+    assert not default.rollout.advantage.filter_groups
+    assert default.rollout.overlong.mode == "none" and default.train.loss.norm_tokens is None
+
+
+def test_rollout_config__pass_at_k_larger_than_the_group_fails_where_configured() -> None:
+    with pytest.raises(ValueError, match=r"advantage.k \(5\) must be <= group_size \(4\)"):
+        RolloutConfig(group_size=4, advantage=AdvantageConfig(estimator="pass_at_k", k=5))
+    RolloutConfig(group_size=4, advantage=AdvantageConfig(estimator="pass_at_k", k=4))
+    RolloutConfig(group_size=4, advantage=AdvantageConfig(estimator="grpo", k=5))  # k unused
 
 
 def test_eval_config__direct_construction_validates_too() -> None:

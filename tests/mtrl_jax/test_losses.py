@@ -1,4 +1,5 @@
 import dataclasses
+from typing import get_args
 
 import jax
 import jax.numpy as jnp
@@ -9,6 +10,7 @@ from mtrl_jax.losses import (
     IS_CORRECTIONS,
     KL_ESTIMATORS,
     POLICY_LOSSES,
+    Aggregation,
     LossConfig,
     compute_loss,
     loss_denominators,
@@ -67,6 +69,7 @@ def reference_cfg(cfg: LossConfig):
         kl_estimator=cfg.kl_estimator,
         entropy_coef=cfg.entropy_coef,
         aggregation=cfg.aggregation,
+        norm_tokens=cfg.norm_tokens,
     )
 
 
@@ -84,13 +87,24 @@ CASES = [
     LossConfig(policy_loss="is"),
     LossConfig(policy_loss="nll"),
 ]
-AGGREGATIONS = ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"]
+AGGREGATIONS = [
+    "token-mean",
+    "seq-mean-token-mean",
+    "seq-mean-token-sum",
+    "seq-mean-token-sum-norm",
+]
+NORM_TOKENS = 7  # C of seq-mean-token-sum-norm: a generation limit of 7 tokens (T = 12 slots)
+
+
+def aggregation_kwargs(mode):
+    """``aggregation=mode``, plus the constant the Dr. GRPO mode needs."""
+    return dict(aggregation=mode, norm_tokens=NORM_TOKENS if mode.endswith("-norm") else None)
 
 
 @pytest.mark.parametrize("aggregation", AGGREGATIONS)
 @pytest.mark.parametrize("cfg", CASES, ids=lambda c: f"{c.policy_loss}-{c.dual_clip_c}")
 def test_policy_losses__match_numpy_reference(cfg, aggregation):
-    cfg = dataclasses.replace(cfg, aggregation=aggregation)
+    cfg = dataclasses.replace(cfg, **aggregation_kwargs(aggregation))
     d, logp, entropy = random_batch(1)
     loss, sums, _ = loss_of(d, logp, entropy, cfg)
     expected = ref.total_loss(d, logp, entropy, reference_cfg(cfg))
@@ -105,7 +119,10 @@ def test_policy_losses__match_numpy_reference(cfg, aggregation):
 @pytest.mark.parametrize("policy_loss", ["ppo", "cispo", "is"])
 def test_is_corrections__match_numpy_reference(policy_loss, correction, cap, aggregation):
     cfg = LossConfig(
-        policy_loss=policy_loss, is_correction=correction, is_cap=cap, aggregation=aggregation
+        policy_loss=policy_loss,
+        is_correction=correction,
+        is_cap=cap,
+        **aggregation_kwargs(aggregation),
     )
     d, logp, entropy = random_batch(2)
     loss, sums, maxes = loss_of(d, logp, entropy, cfg)
@@ -123,7 +140,7 @@ def test_is_corrections__match_numpy_reference(policy_loss, correction, cap, agg
 @pytest.mark.parametrize("estimator", ["k1", "k2", "k3"])
 def test_kl_and_entropy_terms__match_numpy_reference(estimator, aggregation):
     cfg = LossConfig(
-        kl_coef=0.3, kl_estimator=estimator, entropy_coef=0.05, aggregation=aggregation
+        kl_coef=0.3, kl_estimator=estimator, entropy_coef=0.05, **aggregation_kwargs(aggregation)
     )
     d, logp, entropy = random_batch(3)
     loss, sums, _ = loss_of(d, logp, entropy, cfg)
@@ -151,9 +168,24 @@ def test_aggregation__weights_match_numpy_reference():
     denominators = loss_denominators(mask, seg)
     assert float(denominators.num_seqs) == 5  # 6 segments, one without loss tokens
     for mode in AGGREGATIONS:
-        out = (token_weights(mask, seg, mode, denominators) * values).sum()
-        expected = ref.aggregate(values, d["loss_mask"], d["segment_ids"], mode)
+        out = (token_weights(mask, seg, mode, denominators, NORM_TOKENS) * values).sum()
+        expected = ref.aggregate(values, d["loss_mask"], d["segment_ids"], mode, NORM_TOKENS)
         np.testing.assert_allclose(out, expected, rtol=1e-5)
+
+
+def test_aggregation__dr_grpo_weight_is_the_same_for_every_token():
+    # Segments of 1, 3 and 6 loss tokens: seq-mean-token-mean weighs a token of the short one
+    # 6x a token of the long one; the constant normaliser weighs all alike, 1 / (C * N_seqs).
+    mask = np.array([[0, 1, 0, 1, 1, 1, 0, 0], [0, 1, 1, 1, 1, 1, 1, 0]], np.float32)
+    seg = np.array([[1, 1, 2, 2, 2, 2, 0, 0], [1, 1, 1, 1, 1, 1, 1, 0]], np.int32)
+    denominators = loss_denominators(jnp.asarray(mask), jnp.asarray(seg))
+    w = np.asarray(token_weights(mask, seg, "seq-mean-token-sum-norm", denominators, 16))
+    np.testing.assert_allclose(w[mask > 0], 1 / (16 * 3), rtol=1e-6)
+    assert np.all(w[mask == 0] == 0.0)
+    per_seq = np.asarray(token_weights(mask, seg, "seq-mean-token-mean", denominators))
+    assert per_seq[0, 1] == pytest.approx(6 * per_seq[1, 1])
+    with pytest.raises(ValueError, match="norm_tokens"):
+        token_weights(mask, seg, "seq-mean-token-sum-norm", denominators)
 
 
 def grad_wrt_logp(cfg, logp, old, adv, mask):
@@ -231,7 +263,9 @@ def test_corrections__carry_no_gradient_and_masked_tokens_get_none():
 def test_compute_loss__micro_batches_sum_to_the_full_batch():
     d, logp, entropy = random_batch(7)
     for mode in AGGREGATIONS:
-        cfg = LossConfig(policy_loss="ppo", is_correction="token", kl_coef=0.2, aggregation=mode)
+        cfg = LossConfig(
+            policy_loss="ppo", is_correction="token", kl_coef=0.2, **aggregation_kwargs(mode)
+        )
         full, full_sums, _ = loss_of(d, logp, entropy, cfg)
         batch = as_batch(d)
         denominators = loss_denominators(batch.loss_mask, batch.segment_ids)
@@ -297,11 +331,15 @@ def test_loss_config__validates_names_and_ranges():
         dict(dual_clip_c=1.0),
         dict(is_correction="sequence", is_cap=None),
         dict(kl_coef=-1.0),
+        dict(aggregation="seq-mean-token-sum-norm"),  # needs its constant
+        dict(aggregation="seq-mean-token-sum-norm", norm_tokens=0),
+        dict(aggregation="token-mean", norm_tokens=512),  # a constant nothing reads
     ):
         with pytest.raises(ValueError):
             LossConfig(**bad)
     assert POLICY_LOSSES.names() == ("cispo", "is", "nll", "ppo")
     assert IS_CORRECTIONS.names() == ("none", "sequence", "token")
+    assert set(AGGREGATIONS) == set(get_args(Aggregation))  # every mode is tested above
 
 
 def test_compute_loss__missing_inputs_for_a_configured_term_are_errors():

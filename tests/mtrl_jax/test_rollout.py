@@ -20,9 +20,11 @@ import numpy as np
 import pytest
 
 from mtrl_gym import EvalOnlyError, Task, TextEnv, tool
+from mtrl_jax.advantages import AdvantageConfig
 from mtrl_jax.models.tokenizer import train_tokenizer
-from mtrl_jax.rollout import RolloutConfig, RolloutEngine
+from mtrl_jax.rollout import OverlongConfig, RolloutConfig, RolloutEngine
 from mtrl_jax.trajectory import TrajectoryWriter
+from tests.mtrl_jax import numpy_reference as ref
 
 VERSION = 3
 # A ChatML template that drops reasoning (``<think>...</think>``) from earlier assistant turns,
@@ -360,3 +362,102 @@ def test_rollout_engine__real_sampling_engine_context_is_prefix(tmp_path):
         spans = np.concatenate([np.arange(s, e) for s, e in rec.turn_spans])
         assert (rec.loss_mask[spans] == 1).all() and rec.loss_mask.sum() == len(spans)
         assert (rec.logprobs[spans] <= 0).all() and (rec.policy_version[spans] == 0).all()
+
+
+def length_script(session_id: str, context: str) -> str:
+    """Turn 1 probes with an argument that grows with the sample index (lengths differ); turn 2
+    answers, correctly for every sample of the round's first task and for odd samples after."""
+    group_id, index = session_id.split("/")[:2]
+    if context.count("<|im_start|>assistant") == 1:
+        x = "a" * (1 + 4 * int(index))
+        return f'<tool_call>\n{{"name": "probe", "arguments": {{"x": "{x}"}}}}\n</tool_call>'
+    ok = "true" if group_id.startswith("0:0:") or int(index) % 2 else "false"
+    return f'<final_output>{{"ok": {ok}}}</final_output>'
+
+
+def collect_two_groups(tokenizer, **cfg):
+    """Two groups of 4 on the toy task: group ``0:0:t0`` all correct, ``0:1:t0`` half."""
+    engine = RolloutEngine(
+        FakeSampler(tokenizer, length_script),
+        tokenizer,
+        make_toy_env_factory(),
+        RolloutConfig(group_size=4, **cfg),
+    )
+    batch = engine.collect_sync([{"task_id": "t0"}, {"task_id": "t0"}])
+    groups = {}
+    for rec in batch.records:
+        groups.setdefault(rec.group_id, []).append(rec)
+    assert [[r.reward for r in groups[g]] for g in ("0:0:t0", "0:1:t0")] == [
+        [1.0] * 4,
+        [0.0, 1.0, 0.0, 1.0],
+    ]
+    return batch, groups
+
+
+def test_rollout_engine__filter_groups_drops_identical_groups(tokenizer):
+    plain, _ = collect_two_groups(tokenizer)
+    assert len(plain.trajectories) == 8 and plain.metrics["advantage/filtered_groups"] == 0
+    batch, groups = collect_two_groups(tokenizer, advantage=AdvantageConfig(filter_groups=True))
+    assert batch.metrics["advantage/filtered_groups"] == 1
+    assert batch.metrics["advantage/groups"] == 1 and batch.metrics["advantage/samples"] == 4
+    assert batch.metrics["rollout/learner_sequences"] == len(batch.trajectories) == 4
+    assert batch.metrics["rollout/episodes"] == 8  # the records of the dropped group stay
+    assert [r.advantage for r in groups["0:0:t0"]] == [0.0] * 4
+    kept = [r.advantage for r in groups["0:1:t0"]]
+    assert kept == pytest.approx(ref.grpo([0.0, 1.0, 0.0, 1.0], True), abs=1e-5)
+    assert sorted(t.advantages for t in batch.trajectories) == pytest.approx(sorted(kept))
+
+
+def test_rollout_engine__overlong_penalty_shapes_the_advantage_rewards(tokenizer):
+    _, plain = collect_two_groups(tokenizer)
+    lengths = {g: [int(r.loss_mask.sum()) for r in recs] for g, recs in plain.items()}
+    assert lengths["0:0:t0"] == sorted(set(lengths["0:0:t0"]))  # longer with the index
+    top = max(max(v) for v in lengths.values())
+    cfg = OverlongConfig(mode="penalty", max_tokens=top, buffer=top - min(lengths["0:0:t0"]))
+    batch, groups = collect_two_groups(
+        tokenizer, overlong=cfg, advantage=AdvantageConfig(filter_groups=True)
+    )
+    penalties = []
+    for recs in groups.values():
+        shaped = []
+        for rec in recs:
+            p = ref.overlong_penalty(int(rec.loss_mask.sum()), cfg.max_tokens, cfg.buffer)
+            shaped.append(rec.reward + p)
+            penalties.append(p)
+        expected = ref.grpo(shaped, True)
+        assert [r.advantage for r in recs] == pytest.approx(expected, abs=1e-4)
+    # All correct, yet no longer identical: the shorter answers now win, and nothing is dropped.
+    first = [r.advantage for r in groups["0:0:t0"]]
+    assert first[0] > 0 > first[-1] and batch.metrics["advantage/filtered_groups"] == 0
+    assert [r.reward for r in groups["0:0:t0"]] == [1.0] * 4  # records keep the env's reward
+    assert batch.metrics["rollout/return_mean"] == pytest.approx(0.75)
+    assert batch.metrics["rollout/overlong_penalty_mean"] == pytest.approx(np.mean(penalties))
+    assert batch.metrics["rollout/overlong_penalized"] == sum(p < 0 for p in penalties) >= 3
+
+
+def test_rollout_engine__overlong_mask_keeps_cut_episodes_out_of_the_loss(tokenizer):
+    _, plain = collect_two_groups(tokenizer)
+    limit = int(plain["0:1:t0"][3].loss_mask.sum())  # sample 3 is the longest of each group
+    batch, groups = collect_two_groups(
+        tokenizer, overlong=OverlongConfig(mode="mask", max_tokens=limit)
+    )
+    cut = [r for r in batch.records if r.loss_mask.sum() >= limit]
+    assert len(cut) >= 2 and batch.metrics["rollout/overlong_masked"] == len(cut)
+    assert len(batch.trajectories) == 8 - len(cut)
+    # Masked episodes still count in their group's baseline (only their loss is masked).
+    expected = ref.grpo([0.0, 1.0, 0.0, 1.0], True)
+    assert [r.advantage for r in groups["0:1:t0"]] == pytest.approx(expected, abs=1e-5)
+    kept = sorted(r.advantage for r in batch.records if r.loss_mask.sum() < limit)
+    assert sorted(float(t.advantages) for t in batch.trajectories) == pytest.approx(kept)
+
+
+def test_rollout_engine__filter_groups_can_leave_nothing_to_train(tokenizer):
+    # Every episode is cut after one turn with reward 0: one identical group, dropped whole.
+    sampler = FakeSampler(tokenizer, quickstart_script, one_turn_only=True)
+    cfg = RolloutConfig(group_size=3, advantage=AdvantageConfig(filter_groups=True))
+    engine = RolloutEngine(sampler, tokenizer, "mtrl/SopQuickstart-v0", cfg)
+    batch = engine.collect_sync([{"task_index": 0}])
+    assert batch.trajectories == [] and batch.metrics["rollout/learner_sequences"] == 0
+    assert batch.metrics["advantage/filtered_groups"] == 1
+    assert batch.metrics["advantage/groups"] == 0
+    assert [r.advantage for r in batch.records] == [0.0] * 3
