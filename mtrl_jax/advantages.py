@@ -80,6 +80,10 @@ class AdvantageConfig:
             raise ValueError(f"k must be >= 1, got {self.k}")
         if not self.eps >= 0:
             raise ValueError(f"eps must be >= 0, got {self.eps}")
+        if self.scale_by_std is None:
+            # Stored resolved, so a run's saved config says what ran: a grpo run saved before
+            # None existed (True) still matches and resumes, a changed meaning does not.
+            object.__setattr__(self, "scale_by_std", self.scales_by_std)
 
     @property
     def scales_by_std(self) -> bool:

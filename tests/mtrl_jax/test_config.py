@@ -480,8 +480,11 @@ def test_load_config__group_filtering_and_shaping_keys() -> None:
         ],
     )
     advantage = cfg.rollout.advantage
-    assert advantage.filter_groups and advantage.scale_by_std is None
-    assert not advantage.scales_by_std  # best_minus_second's paper form is unscaled
+    # best_minus_second's paper form is unscaled; the default is stored resolved, so a saved
+    # config says what ran.
+    assert advantage.filter_groups and advantage.scale_by_std is False
+    assert not advantage.scales_by_std
+    assert load_config("quickstart", []).rollout.advantage.scale_by_std is True  # grpo
     assert (cfg.rollout.overlong.mode, cfg.rollout.overlong.buffer) == ("penalty", 128)
     assert cfg.train.loss.norm_tokens == 512
     flat = flatten(cfg)
