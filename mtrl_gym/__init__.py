@@ -24,7 +24,17 @@ from mtrl_gym.resources import EpisodeResources
 from mtrl_gym.runner import EpisodeJob, EpisodeResult, EpisodeRunner
 from mtrl_gym.spaces import TextSpace
 from mtrl_gym.tools import Tool, ToolError, ToolInfraError, tool
-from mtrl_gym.types import Role, Status, Task
+from mtrl_gym.types import EndedBy, EndEpisode, Role, Status, Task
+from mtrl_gym.user_model import ModelUser, UserInfraError
+from mtrl_gym.users import (
+    RecordedUser,
+    ScriptedUser,
+    UserConversation,
+    UserRecorder,
+    UserRecording,
+    UserReply,
+    UserSimulator,
+)
 
 __version__ = "0.1.0"
 
@@ -34,15 +44,20 @@ __all__ = [
     "EpisodeResult",
     "EpisodeRunner",
     "EpisodeSummary",
+    "EndEpisode",
+    "EndedBy",
     "EvalOnlyError",
     "ExactMatchEvaluator",
     "ExactMatchReward",
     "FinalAnswer",
     "FormatReward",
+    "ModelUser",
+    "RecordedUser",
     "Recording",
     "ReplayState",
     "ReproducibilityError",
     "Role",
+    "ScriptedUser",
     "Status",
     "TagAnswerExtractor",
     "Task",
@@ -53,6 +68,12 @@ __all__ = [
     "ToolCallPenalty",
     "ToolError",
     "ToolInfraError",
+    "UserConversation",
+    "UserInfraError",
+    "UserRecorder",
+    "UserRecording",
+    "UserReply",
+    "UserSimulator",
     "WeightedSum",
     "available_formats",
     "canonical_json",

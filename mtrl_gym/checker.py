@@ -2,9 +2,12 @@
 
 :func:`check_reproducible` plays the same task with the same scripted actions three times (twice
 on fresh instances, once more on a reused instance, which catches state leaking across episodes)
-and compares every observation, message, tool call, tool result, reward and flag. The default
-script probes the error paths (no call, unknown tool), calls every tool with arguments made from
-its schema, then answers; environments with an oracle are also played by their oracle.
+and compares every observation, message, tool call, tool result, user reply, reward and flag, and
+the final transcript. The default script probes the error paths (no call, unknown tool), calls
+every tool with arguments made from its schema, then answers; in an environment with a user the
+plain messages are user turns, and the script sends one more. Environments with an oracle are also
+played by their oracle. A user simulator that says it is not reproducible (a model sampled at a
+positive temperature) is refused up front: pin it (temperature 0 with a seed, or a recording).
 
 Non-goals: checking that a task is solvable or that the reward is right (the envs' own tests).
 """
@@ -20,6 +23,7 @@ import gymnasium as gym
 from gymnasium.utils.env_checker import check_env as gym_check_env
 
 from mtrl_gym.core import TextEnv
+from mtrl_gym.users import is_reproducible
 
 Policy = Callable[[str, dict[str, Any]], str]
 
@@ -85,9 +89,21 @@ def probe_actions(env: TextEnv) -> list[str]:
         fmt.render_calls([("no_such_tool", {})]),  # unknown tool
     ]
     for name, tool in sorted(env.tools.items()):
-        actions.append(fmt.render_calls([(name, example_arguments(tool.parameters))]))
+        if not tool.ends_episode:  # it would cut the script short: see ending_probe_actions
+            actions.append(fmt.render_calls([(name, example_arguments(tool.parameters))]))
+    if env.user is not None:
+        actions.append("Could you tell me more about that, please?")  # a second user turn
     actions.append("<final_output>{}</final_output>")
     return actions
+
+
+def ending_probe_actions(env: TextEnv) -> list[str] | None:
+    """The probe script ending with the first tool declared ``ends_episode``, if there is one."""
+    ending = sorted(name for name, tool in env.tools.items() if tool.ends_episode)
+    if not ending:
+        return None
+    call = (ending[0], example_arguments(env.tools[ending[0]].parameters))
+    return [*probe_actions(env)[:-1], env.format.render_calls([call])]
 
 
 def _scrub(info: Mapping[str, Any]) -> dict[str, Any]:
@@ -143,6 +159,11 @@ def play(
     return record
 
 
+def _transcript(env: gym.Env) -> dict[str, Any]:
+    """The environment's transcript after a play (user turns included), for comparison."""
+    return {"transcript": list(getattr(env.unwrapped, "transcript", []))}
+
+
 def _first_difference(a: Any, b: Any, path: str = "") -> str | None:
     if type(a) is not type(b):
         return f"{path or '<root>'}: {a!r} != {b!r}"
@@ -191,6 +212,14 @@ def check_reproducible(
     kwargs = dict(env_kwargs or {})
     first, second = _make(env, kwargs), _make(env, kwargs)
     compared = 0
+    user = getattr(first.unwrapped, "user", None)
+    if not is_reproducible(user):
+        first.close()
+        second.close()
+        raise ReproducibilityError(
+            f"the user simulator {user!r} is not reproducible: use temperature 0 with a seed, "
+            "or replay a recording (mtrl_gym.users.RecordedUser)"
+        )
     try:
         for seed in seeds:
             scripts: list[tuple[str, dict[str, Any]]] = []
@@ -199,11 +228,17 @@ def check_reproducible(
             else:
                 first.reset(seed=seed)
                 scripts.append(("probe", {"actions": probe_actions(first.unwrapped)}))  # type: ignore[arg-type]
+                ending = ending_probe_actions(first.unwrapped)  # type: ignore[arg-type]
+                if ending is not None:
+                    scripts.append(("ending probe", {"actions": ending}))
                 if use_oracle and first.unwrapped.oracle_policy() is not None:  # type: ignore[attr-defined]
                     scripts.append(("oracle", {"oracle": True}))
             for label, script in scripts:
                 # The third play reuses an instance, which catches state leaking across episodes.
-                runs = [play(instance, seed=seed, **script) for instance in (first, second, first)]
+                runs = [
+                    [*play(instance, seed=seed, **script), _transcript(instance)]
+                    for instance in (first, second, first)
+                ]
                 for n, other in enumerate(runs[1:], 2):
                     normal = json.loads(json.dumps(runs[0], default=str))
                     diff = _first_difference(normal, json.loads(json.dumps(other, default=str)))

@@ -8,15 +8,27 @@ carries the structured view the learner renders with a chat template:
   description of the tools, for formats a chat template does not know), ``messages`` (the new
   system/user messages), ``task_id``;
 - on every step: ``messages`` (new tool/user messages), ``tool_calls`` (``id``, ``name``,
-  ``arguments``, ``result``, ``error``), ``format_error``, ``turn`` and running ``counts``;
-- when the episode ends: ``final_answer``, ``eval`` (the external evaluation) and ``status``.
+  ``arguments``, ``result``, ``error``), ``format_error``, ``turn`` and running ``counts``
+  (``tool_calls``, ``invalid_tool_calls``, ``format_errors``, ``user_turns``); after a user turn,
+  ``user`` (``done`` and the simulator's ``log``, or the ``error`` that ended the episode);
+- when the episode ends: ``final_answer``, ``eval`` (the external evaluation), ``status`` and
+  ``ended_by`` (:class:`~mtrl_gym.types.EndedBy`).
 
 ``info`` is deterministic, so Gymnasium's determinism checks pass; timings go under
 ``diagnostics`` only when asked for. An episode ends with ``terminated`` when the agent commits to
-a final answer, and ``truncated`` on max turns, a character or token budget, a wall-clock limit, or
-an infrastructure failure (status ``infra_error`` / ``timeout``, which the trainer excludes): a
-tool that fails other than with ``ToolError``, or an evaluator or reward function that raises
+a final answer, calls a tool that ends the episode (:class:`~mtrl_gym.types.EndEpisode`), or the
+user ends the conversation, all with status ``ok`` and scored; and ``truncated`` on max turns, a
+character or token budget, a wall-clock limit, or an infrastructure failure (status
+``infra_error`` / ``timeout``, which the trainer excludes): a tool that fails other than with
+``ToolError``, a user simulator that fails, or an evaluator or reward function that raises
 ``ToolInfraError`` while grading the final answer.
+
+**Users.** With a user simulator (``user=``, see :mod:`mtrl_gym.users`), a message that holds
+neither a tool call nor a final answer goes to the user, whose reply is the next observation (a
+``user`` message); without one, such a message gets the ``NO_CALL_FEEDBACK`` format error. The
+task's prompt is the user's opening message. Anything the agent's text causes stays the agent's
+mistake: a message that is not valid Unicode text gets format-error feedback and never reaches the
+user; only the simulator's own failure (an endpoint down) is ``infra_error``.
 
 Subclasses provide tasks and tools; see :meth:`TextEnv.tasks` and :meth:`TextEnv.make_tools`.
 Non-goals: tokenisation and chat templates (the learner's side), and tool isolation (``sandbox``).
@@ -34,6 +46,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
+import numpy as np
 
 from mtrl_gym.evaluation import (
     AnswerExtractor,
@@ -46,25 +59,26 @@ from mtrl_gym.evaluation import (
     TagAnswerExtractor,
 )
 from mtrl_gym.formats import ToolCallFormat, get_format
+from mtrl_gym.invocation import InfraFailure, Outcome, arun_call, run_call
 from mtrl_gym.resources import EpisodeResources
 from mtrl_gym.spaces import TextSpace
-from mtrl_gym.tools import Tool, ToolError, ToolInfraError, render_result
+from mtrl_gym.tools import Tool, ToolError, ToolInfraError
 from mtrl_gym.types import (
     JSON,
+    EndedBy,
+    EndEpisode,
     ParsedCall,
     Role,
     Status,
     Task,
     ToolCallRecord,
+    copy_json,
     escape_surrogates,
     message,
     text_problem,
 )
+from mtrl_gym.users import UserConversation, UserReply, UserSimulator, aask_user, ask_user
 
-# Tools that block run on these threads so a per-call timeout can be enforced and so the async
-# runner never blocks its event loop. A thread cannot be killed: a timed-out sync tool keeps its
-# thread until it returns, which is why untrusted code goes through ``sandbox`` (hard kill).
-_TOOL_POOL = concurrent.futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="mtrl-tool")
 # Under ``astep`` the final grading (``grade_episode``, the evaluator, the reward) runs here, off
 # the event loop, so a slow grader (hidden tests in a sandbox, a gold query) delays only its own
 # episode. A pool of its own so that graders and tool calls never wait for each other's threads.
@@ -95,14 +109,6 @@ def ensure_trainable(env: gym.Env) -> None:
         raise EvalOnlyError(f"{inner} is evaluation-only and cannot be used for training: {reason}")
 
 
-class _InfraFailure(Exception):
-    """Internal: a tool call failed for infrastructure reasons; carries the status to report."""
-
-    def __init__(self, status: Status, detail: str):
-        super().__init__(detail)
-        self.status = status
-
-
 @dataclass
 class _Ending:
     """An episode that has ended and waits for its grade.
@@ -127,6 +133,13 @@ class _Plan:
     tool: Tool | None = None
 
 
+class _AskUser:
+    """Internal: the step's message goes to the user simulator (see :meth:`TextEnv.step`)."""
+
+
+_ASK_USER = _AskUser()
+
+
 class TextEnv(gym.Env[str, str]):
     """Base class for multi-turn text environments with tools.
 
@@ -140,7 +153,8 @@ class TextEnv(gym.Env[str, str]):
     ``terminated=False``, ``truncated=True``, reward 0.0, ``info["final_answer"]`` as extracted,
     and ``info["eval"] == {"success": False, "status": "infra_error", "error": "<Type>: <msg>"}``
     (``<Type>`` the exception's class name). Any other exception from the evaluator or the reward
-    function is a bug and propagates.
+    function is a bug and propagates. Grading sees how the episode ended
+    (``EpisodeSummary.ended_by``) and the whole transcript, user turns included.
 
     Args:
         tool_format: Name or instance of the tool-call format (``hermes``, ``json``, ``react``).
@@ -158,6 +172,11 @@ class TextEnv(gym.Env[str, str]):
             ``ToolInfraError`` (see above).
         evaluator: External evaluation of a finished episode; default: strict exact match. May
             raise ``ToolInfraError`` (see above).
+        user: The user simulator (:class:`~mtrl_gym.users.UserSimulator`), or ``None`` for an
+            environment without a user. It starts a conversation at every reset with a generator
+            drawn from ``np_random``, so a seed fixes the user's randomness too.
+        answer_from_last_message: When the user ends the conversation, the agent's last message
+            to it is the final answer (its text as a ``str`` value); otherwise there is none.
         diagnostics: Add non-deterministic timings under ``info["diagnostics"]``.
         render_mode: ``None`` or ``"ansi"`` (the transcript as text).
     """
@@ -185,6 +204,8 @@ class TextEnv(gym.Env[str, str]):
         answer_extractor: AnswerExtractor | None = None,
         reward_fn: RewardFn | None = None,
         evaluator: Evaluator | None = None,
+        user: UserSimulator | None = None,
+        answer_from_last_message: bool = False,
         diagnostics: bool = False,
         render_mode: str | None = None,
     ):
@@ -208,6 +229,8 @@ class TextEnv(gym.Env[str, str]):
         self.answer_extractor = answer_extractor or TagAnswerExtractor()
         self.reward_fn = reward_fn or ExactMatchReward()
         self.evaluator = evaluator or ExactMatchEvaluator()
+        self.user = user
+        self.answer_from_last_message = answer_from_last_message
         self.diagnostics = diagnostics
         self.render_mode = render_mode
         self.action_space = TextSpace(max_action_chars)
@@ -217,6 +240,9 @@ class TextEnv(gym.Env[str, str]):
         self._resources: EpisodeResources | None = None
         self._tools: dict[str, Tool] = {}
         self._advertised: tuple[Tool, ...] = ()
+        self._conversation: UserConversation | None = None
+        # What the user sees: its opening message, the agent's messages to it and its replies.
+        self._dialogue: list[dict[str, JSON]] = []
         self._done = True
 
     # ---- what subclasses provide ----------------------------------------------------------------
@@ -302,10 +328,17 @@ class TextEnv(gym.Env[str, str]):
             if t.name in self._tools:
                 raise ValueError(f"two tools are named {t.name!r}")
             self._tools[t.name] = t
+        self._conversation, self._dialogue = None, []
+        if self.user is not None:
+            # Drawn only when there is a user, so environments without one keep their streams.
+            user_rng = np.random.default_rng(int(self.np_random.integers(2**63)))
+            self._conversation = self.user.start(self.task, user_rng)
+            self._dialogue = [message(Role.USER, self.task.prompt)]
         self._turn = 0
         self._chars = 0
         self._tokens = 0
         self._counts = {"tool_calls": 0, "invalid_tool_calls": 0, "format_errors": 0}
+        self._counts["user_turns"] = 0
         self._all_calls: list[dict[str, JSON]] = []
         self._start = time.monotonic()
         self._done = False
@@ -332,13 +365,16 @@ class TextEnv(gym.Env[str, str]):
         return observation, info
 
     def step(self, action: str) -> StepResult:
-        """Applies one assistant message: a final answer, tool calls, or a format error."""
+        """Applies one assistant message (an answer, tool calls, or a message to the user)."""
         plans, early = self._begin_step(action)
-        if early is None:
-            outcomes: list[str | BaseException] = []
+        if isinstance(early, _AskUser):
+            assert self._conversation is not None
+            early = self._after_user(ask_user(self._conversation, self._dialogue))
+        elif early is None:
+            outcomes: list[Outcome] = []
             for plan in plans:
                 outcomes.append(self._invoke(plan))
-                if isinstance(outcomes[-1], _InfraFailure):
+                if isinstance(outcomes[-1], InfraFailure | EndEpisode):
                     break
             early = self._finish_step(action, plans, outcomes)
         if isinstance(early, _Ending):
@@ -346,13 +382,16 @@ class TextEnv(gym.Env[str, str]):
         return early
 
     async def astep(self, action: str) -> StepResult:
-        """Async :meth:`step`: awaits async tools and runs blocking tools and grading on threads."""
+        """Async :meth:`step`: awaits async tools; blocking tools, users, grading go on threads."""
         plans, early = self._begin_step(action)
-        if early is None:
-            outcomes: list[str | BaseException] = []
+        if isinstance(early, _AskUser):
+            assert self._conversation is not None
+            early = self._after_user(await aask_user(self._conversation, self._dialogue))
+        elif early is None:
+            outcomes: list[Outcome] = []
             for plan in plans:
                 outcomes.append(await self._ainvoke(plan))
-                if isinstance(outcomes[-1], _InfraFailure):
+                if isinstance(outcomes[-1], InfraFailure | EndEpisode):
                     break
             early = self._finish_step(action, plans, outcomes)
         if isinstance(early, _Ending):
@@ -376,7 +415,9 @@ class TextEnv(gym.Env[str, str]):
 
     # ---- step internals ------------------------------------------------------------------------
 
-    def _begin_step(self, action: str) -> tuple[list[_Plan], StepResult | _Ending | None]:
+    def _begin_step(
+        self, action: str
+    ) -> tuple[list[_Plan], StepResult | _Ending | _AskUser | None]:
         """Validates the action and decides what to do; returns an early result for non-calls."""
         if self._done or self.task is None:
             raise RuntimeError("the episode is over: call reset() before step()")
@@ -395,13 +436,18 @@ class TextEnv(gym.Env[str, str]):
                 error = f"final answer: {problem}"
                 answer = FinalAnswer(raw=answer.raw, error=error)
             status = Status.OK if answer.error is None else Status.FORMAT_ERROR
-            return [], self._end([], [], status, answer, terminated=True, format_error=False)
+            ending = self._end([], [], status, answer, terminated=True, ended_by=EndedBy.ANSWER)
+            return [], ending
 
         parsed = self.format.parse(action)
         if not parsed.calls:
-            self._counts["format_errors"] += 1
-            feedback = message(Role.USER, NO_CALL_FEEDBACK.format())
-            return [], self._continue([feedback], [], format_error=True)
+            problem = text_problem(parsed.content) if self._conversation is not None else None
+            if self._conversation is None or problem is not None:
+                self._counts["format_errors"] += 1
+                text = NO_CALL_FEEDBACK.format() if problem is None else f"Error: {problem}"
+                return [], self._continue([message(Role.USER, text)], [], format_error=True)
+            self._dialogue.append(message(Role.ASSISTANT, parsed.content))
+            return [], _ASK_USER
 
         plans = [self._plan(i, call) for i, call in enumerate(parsed.calls)]
         return plans, None
@@ -435,68 +481,77 @@ class TextEnv(gym.Env[str, str]):
     def _timeout(self, tool: Tool) -> float | None:
         return tool.timeout_s if tool.timeout_s is not None else self.tool_timeout_s
 
-    def _invoke(self, plan: _Plan) -> str | BaseException:
-        """Runs one planned call synchronously; returns its text or the exception it raised."""
+    def _invoke(self, plan: _Plan) -> Outcome:
+        """Runs one planned call synchronously (see :func:`~mtrl_gym.invocation.run_call`)."""
         if plan.tool is None:
             return ToolError(plan.record.error or "")
-        tool, args, timeout = plan.tool, plan.record.arguments or {}, self._timeout(plan.tool)
-        try:
-            if tool.is_async:
-                future = _TOOL_POOL.submit(asyncio.run, tool.fn(**args))
-            elif timeout is None:
-                return render_result(tool.fn(**args))
-            else:
-                future = _TOOL_POOL.submit(tool.fn, **args)
-            return render_result(future.result(timeout=timeout))
-        except concurrent.futures.TimeoutError:
-            return _InfraFailure(Status.TIMEOUT, f"tool {tool.name} timed out after {timeout} s")
-        except ToolError as e:
-            return e
-        except Exception as e:  # noqa: BLE001 - any other failure is the infrastructure's
-            return _InfraFailure(Status.INFRA_ERROR, f"tool {tool.name} failed: {e!r}")
+        return run_call(plan.tool, plan.record.arguments or {}, self._timeout(plan.tool))
 
-    async def _ainvoke(self, plan: _Plan) -> str | BaseException:
+    async def _ainvoke(self, plan: _Plan) -> Outcome:
         """Runs one planned call without blocking the event loop."""
         if plan.tool is None:
             return ToolError(plan.record.error or "")
-        tool, args, timeout = plan.tool, plan.record.arguments or {}, self._timeout(plan.tool)
-        try:
-            if tool.is_async:
-                coro = tool.fn(**args)
-            else:
-                loop = asyncio.get_running_loop()
-                coro = loop.run_in_executor(_TOOL_POOL, lambda: tool.fn(**args))
-            return render_result(await asyncio.wait_for(coro, timeout))
-        except TimeoutError:
-            return _InfraFailure(Status.TIMEOUT, f"tool {tool.name} timed out after {timeout} s")
-        except ToolError as e:
-            return e
-        except Exception as e:  # noqa: BLE001 - any other failure is the infrastructure's
-            return _InfraFailure(Status.INFRA_ERROR, f"tool {tool.name} failed: {e!r}")
+        return await arun_call(plan.tool, plan.record.arguments or {}, self._timeout(plan.tool))
 
     def _finish_step(
-        self, action: str, plans: list[_Plan], outcomes: list[str | BaseException]
+        self, action: str, plans: list[_Plan], outcomes: list[Outcome]
     ) -> StepResult | _Ending:
         messages: list[dict[str, JSON]] = []
         records: list[ToolCallRecord] = []
-        infra: _InfraFailure | None = None
+        infra: InfraFailure | None = None
+        ending: EndEpisode | None = None
         for plan, outcome in zip(plans, outcomes, strict=False):
             record = plan.record
             self._counts["tool_calls"] += 1
-            if isinstance(outcome, _InfraFailure):
+            if isinstance(outcome, InfraFailure):
                 record.error, infra = str(outcome), outcome
             elif isinstance(outcome, BaseException):
                 record.error = str(outcome)
                 if plan.tool is None:
                     self._counts["invalid_tool_calls"] += 1
+            elif isinstance(outcome, EndEpisode):
+                record.result, ending = self._cut(str(outcome.result)), outcome
             else:
                 record.result = self._cut(outcome)
             content = record.result if record.error is None else f"Error: {record.error}"
             messages.append(message(Role.TOOL, content, tool_call_id=record.id, name=record.name))
             records.append(record)
         if infra is not None:
-            return self._end(messages, records, infra.status, None, terminated=False)
+            return self._end(
+                messages, records, infra.status, None, terminated=False, ended_by=EndedBy.FAILURE
+            )
+        if ending is not None:
+            answer = None if ending.answer is None else _committed(ending.answer)
+            return self._end(
+                messages, records, Status.OK, answer, terminated=True, ended_by=EndedBy.TOOL
+            )
         return self._continue(messages, records, format_error=False)
+
+    def _after_user(self, reply: UserReply | InfraFailure) -> StepResult | _Ending:
+        """Turns the user's reply into the step's result: the next observation, or the end."""
+        if isinstance(reply, InfraFailure):
+            ending = self._end(
+                [], [], reply.status, None, terminated=False, ended_by=EndedBy.FAILURE
+            )
+            ending.info["user"] = {"error": str(reply)}
+            return ending
+        self._counts["user_turns"] += 1
+        said = message(Role.USER, reply.text)
+        self._dialogue.append(dict(said))
+        # A user who ends the conversation without a word adds no empty message.
+        messages = [said] if reply.text or not reply.done else []
+        user_info = {"done": reply.done, "log": copy_json(reply.log)}
+        if not reply.done:
+            result = self._continue(messages, [], format_error=False)
+            (result.info if isinstance(result, _Ending) else result[4])["user"] = user_info
+            return result
+        answer = None
+        if self.answer_from_last_message:
+            last = str(self._dialogue[-2]["content"])  # the agent's message the user answered
+            answer = FinalAnswer(raw=last, value=last)
+        ending = self._end(messages, [], Status.OK, answer, terminated=True, ended_by=EndedBy.USER)
+        ending.info["user"] = user_info
+        return ending
 
     def _cut(self, text: str) -> str:
         if len(text) <= self.max_result_chars:
@@ -519,6 +574,7 @@ class TextEnv(gym.Env[str, str]):
                 Status.TRUNCATED,
                 None,
                 terminated=False,
+                ended_by=EndedBy.LIMIT,
                 format_error=format_error,
                 observed=observation,
             )
@@ -529,6 +585,7 @@ class TextEnv(gym.Env[str, str]):
                 Status.TIMEOUT,
                 None,
                 terminated=False,
+                ended_by=EndedBy.LIMIT,
                 format_error=format_error,
                 observed=observation,
             )
@@ -543,6 +600,7 @@ class TextEnv(gym.Env[str, str]):
         answer: FinalAnswer | None,
         *,
         terminated: bool,
+        ended_by: EndedBy,
         format_error: bool = False,
         observed: str | None = None,
     ) -> _Ending:
@@ -559,9 +617,13 @@ class TextEnv(gym.Env[str, str]):
             turns=self._turn,
             invalid_tool_calls=self._counts["invalid_tool_calls"],
             format_errors=self._counts["format_errors"],
+            ended_by=ended_by,
+            messages=tuple(copy_json(m) for m in self.transcript),
+            user_turns=self._counts["user_turns"],
         )
         info = self._step_info(messages, records, format_error)
         info["final_answer"] = None if answer is None else answer.to_dict()
+        info["ended_by"] = str(ended_by)
         return _Ending(observation, info, summary, terminated)
 
     def _grade(self, summary: EpisodeSummary) -> tuple[Status, float, dict[str, JSON]]:
@@ -637,3 +699,10 @@ class TextEnv(gym.Env[str, str]):
             resources, self._resources = self._resources, None
             resources.release()
         self._tools = {}
+        self._conversation = None
+
+
+def _committed(answer: JSON) -> FinalAnswer:
+    """The final answer an ending tool committed to (its text form is ``raw``)."""
+    raw = answer if isinstance(answer, str) else json.dumps(answer, ensure_ascii=False)
+    return FinalAnswer(raw=raw, value=copy_json(answer))

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from mtrl_gym.types import JSON, Status, Task
+from mtrl_gym.types import JSON, EndedBy, Status, Task
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,17 +52,32 @@ _FENCE_RE = re.compile(r"^```(?:json)?\s*\n?(.*?)\n?```$", re.DOTALL)
 class TagAnswerExtractor:
     """Extracts the JSON in the last ``<final_output>...</final_output>`` block (the default).
 
+    Args:
+        tag: The tag's name.
+        require_object: Only a JSON object is an answer; anything else is a format error.
+        allow_text: A body that is not JSON is a free-text answer: its stripped text becomes the
+            value (a ``str``), for environments whose answers are prose. A JSON body still
+            decodes (``42`` is the number). Needs ``require_object=False``.
+
     >>> TagAnswerExtractor()('Done. <final_output>{"ok": true}</final_output>').value
     {'ok': True}
     >>> TagAnswerExtractor()("<final_output>{oops</final_output>").error[:25]
     'final answer is not valid'
     >>> TagAnswerExtractor()("no answer yet") is None
     True
+    >>> text = TagAnswerExtractor(require_object=False, allow_text=True)
+    >>> text("<final_output> Refund approved. </final_output>").value
+    'Refund approved.'
     """
 
-    def __init__(self, tag: str = "final_output", *, require_object: bool = True):
+    def __init__(
+        self, tag: str = "final_output", *, require_object: bool = True, allow_text: bool = False
+    ):
+        if allow_text and require_object:
+            raise ValueError("allow_text=True needs require_object=False (text is not an object)")
         self.open, self.close = f"<{tag}>", f"</{tag}>"
         self.require_object = require_object
+        self.allow_text = allow_text
 
     def __call__(self, text: str) -> FinalAnswer | None:
         """Returns the last tagged answer, decoded, or ``None`` if there is no opening tag."""
@@ -82,6 +97,8 @@ class TagAnswerExtractor:
         try:
             value = json.loads(body)
         except (ValueError, RecursionError) as e:
+            if self.allow_text:
+                return FinalAnswer(raw=raw, value=body)
             return FinalAnswer(raw=raw, error=f"final answer is not valid JSON: {e}")
         if self.require_object and not isinstance(value, dict):
             kind = type(value).__name__
@@ -91,7 +108,27 @@ class TagAnswerExtractor:
 
 @dataclass(frozen=True, kw_only=True)
 class EpisodeSummary:
-    """What rewards and evaluators see of a finished episode."""
+    """What rewards and evaluators see of a finished episode.
+
+    Attributes:
+        task: The episode's task.
+        status: How it ended for the trainer (``ok`` is scored).
+        final_answer: The committed answer: from the agent's final-answer tag, from a tool that
+            ended the episode with an answer, or (where the environment says so) the agent's last
+            message to a user who ended the conversation; ``None`` if there is none.
+        tool_calls: Every call as in ``info["tool_calls"]``, in order.
+        turns: Assistant messages.
+        invalid_tool_calls: Calls rejected before they ran.
+        format_errors: Messages that were neither a call nor an answer (nor, with a user, a
+            message to the user).
+        grade: What the environment's ``grade_episode`` computed once (e.g. hidden tests run in a
+            sandbox), shared by the reward and the evaluator so the expensive part runs once.
+        ended_by: What ended it (:class:`~mtrl_gym.types.EndedBy`: answer, tool, user, limit,
+            failure). When a tool did, it is the last entry of ``tool_calls``.
+        messages: The whole transcript (system, user, assistant and tool messages, user
+            simulator turns included), as in ``TextEnv.transcript``.
+        user_turns: Replies of the user simulator.
+    """
 
     task: Task
     status: Status
@@ -100,9 +137,11 @@ class EpisodeSummary:
     turns: int
     invalid_tool_calls: int
     format_errors: int
-    # What the environment's ``grade_episode`` computed once (e.g. hidden tests run in a
-    # sandbox), shared by the reward and the evaluator so the expensive part runs once.
     grade: Any = None
+    # Defaults keep summaries built before user turns and ending tools existed valid.
+    ended_by: EndedBy = EndedBy.ANSWER
+    messages: tuple[Mapping[str, JSON], ...] = ()
+    user_turns: int = 0
 
     @property
     def answer_value(self) -> JSON:

@@ -26,6 +26,7 @@ BUILTIN_ENVS: dict[str, str] = {
     "mtrl/Helpdesk-v0": "mtrl_envs.helpdesk.env:HelpdeskEnv",
     "mtrl/SqlQuery-v0": "mtrl_envs.sql_query.env:SqlQueryEnv",
     "mtrl/PythonTests-v0": "mtrl_envs.python_tests.env:PythonTestsEnv",
+    "mtrl/SupportChat-v0": "mtrl_envs.support_chat.env:SupportChatEnv",
 }
 
 

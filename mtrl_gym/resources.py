@@ -1,7 +1,8 @@
 """Per-episode resources for stateful tools (the stateful-tools pattern).
 
 An :class:`EpisodeResources` owns what one episode's tools need: temporary directories, sqlite
-connections, identifiers, anything with a cleanup callback. :class:`~mtrl_gym.core.TextEnv`
+connections, identifiers, private copies of in-memory JSON state, anything with a cleanup
+callback. :class:`~mtrl_gym.core.TextEnv`
 creates one at ``reset`` and releases it at the next ``reset``, at ``close``, and, through
 ``weakref.finalize``, when the environment is garbage-collected without being closed. Release runs
 callbacks in reverse order of allocation and is idempotent, so nothing leaks across the 10^5
@@ -24,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from mtrl_gym.types import JSON, copy_json
 
 
 def _release_all(callbacks: list[Callable[[], Any]]) -> None:
@@ -83,6 +86,30 @@ class EpisodeResources:
         conn = sqlite3.connect(database, **kwargs)
         self._callbacks.append(conn.close)
         return conn
+
+    def copy_json(self, value: JSON) -> Any:
+        """The episode's own deep copy of in-memory JSON-like state, emptied at release.
+
+        For tools that change plain-data state (a small "database" of dicts and lists kept in
+        task metadata or a module constant): they mutate the copy, never the shared original,
+        so no change leaks into another episode or another environment. Copying recurses over
+        dicts, lists and tuples only (tuples become lists), which is several times faster than
+        ``copy.deepcopy`` on such data; anything else is shared, so keep the state JSON-like.
+        At release a dict or list copy is cleared, so a reference a tool kept past its episode
+        sees no stale state and holds no memory.
+
+        >>> shared = {"orders": [{"id": "O-1", "status": "processing"}]}
+        >>> with EpisodeResources() as resources:
+        ...     orders = resources.copy_json(shared)
+        ...     orders["orders"][0]["status"] = "cancelled"
+        >>> shared["orders"][0]["status"], orders
+        ('processing', {})
+        """
+        self._check_open()
+        copy = copy_json(value)
+        if isinstance(copy, dict | list):
+            self._callbacks.append(copy.clear)
+        return copy
 
     def new_id(self, prefix: str = "") -> str:
         """A reproducible random identifier (16 hex digits) drawn from the episode's generator."""

@@ -23,7 +23,7 @@ from typing import Any
 import gymnasium as gym
 from gymnasium.wrappers import OrderEnforcing, PassiveEnvChecker
 
-from mtrl_gym.types import Status
+from mtrl_gym.types import EndedBy, Status
 
 # A policy maps (observation, info) to the next assistant message; it may be async.
 Policy = Callable[[str, dict[str, Any]], str | Awaitable[str]]
@@ -61,6 +61,7 @@ class EpisodeResult:
     final_answer: Any
     eval: dict[str, Any] | None
     steps: list[dict[str, Any]] = field(default_factory=list)
+    ended_by: str | None = None  # ``info["ended_by"]``: answer, tool, user, limit or failure
     eval_only: bool = False  # from an evaluation-only env: never write it where training reads
     start_s: float = 0.0  # monotonic times, for diagnostics and the concurrency tests
     end_s: float = 0.0
@@ -139,7 +140,7 @@ class EpisodeRunner:
                 await self._play(env, job, result)
         except TimeoutError:
             result.status, result.truncated, result.terminated = str(Status.TIMEOUT), True, False
-            result.reward = 0.0
+            result.reward, result.ended_by = 0.0, str(EndedBy.LIMIT)
             if not owned:
                 env.close()  # the episode is abandoned; release its resources now
         finally:
@@ -166,4 +167,5 @@ class EpisodeRunner:
                 result.status = info.get("status", str(Status.OK))
                 result.final_answer = info.get("final_answer")
                 result.eval = info.get("eval")
+                result.ended_by = info.get("ended_by")
                 return

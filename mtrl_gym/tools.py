@@ -59,6 +59,9 @@ class Tool:
         parameters: JSON schema of the arguments object (``{"type": "object", ...}``).
         fn: The implementation, called with keyword arguments; may be ``async``.
         timeout_s: Wall-clock limit for one call (``None``: the environment's default).
+        ends_episode: Every successful call ends the episode (status ``ok``, scored), with the
+            return value as the result the agent reads: a transfer-to-human tool. A tool that
+            ends it only sometimes returns :class:`~mtrl_gym.types.EndEpisode` instead.
 
     Example:
         >>> def add(a: int, b: int) -> int:
@@ -81,6 +84,7 @@ class Tool:
     parameters: Mapping[str, JSON]
     fn: Callable[..., Any]
     timeout_s: float | None = None
+    ends_episode: bool = False
     _validator: Any = field(default=None, repr=False, compare=False)
     # The callable's signature (None when it has none Python can read, e.g. some builtins) and a
     # validator built from its type hints: the checks that keep an agent's extra, missing or
@@ -191,7 +195,12 @@ class Tool:
 
     @classmethod
     def from_openai(
-        cls, schema: Mapping[str, Any], fn: Callable[..., Any], *, timeout_s: float | None = None
+        cls,
+        schema: Mapping[str, Any],
+        fn: Callable[..., Any],
+        *,
+        timeout_s: float | None = None,
+        ends_episode: bool = False,
     ) -> Tool:
         """Declares a tool from an OpenAI function schema.
 
@@ -207,11 +216,17 @@ class Tool:
             parameters=copy_json(dict(params)),
             fn=fn,
             timeout_s=timeout_s,
+            ends_episode=ends_episode,
         )
 
     @classmethod
     def from_bedrock(
-        cls, spec: Mapping[str, Any], fn: Callable[..., Any], *, timeout_s: float | None = None
+        cls,
+        spec: Mapping[str, Any],
+        fn: Callable[..., Any],
+        *,
+        timeout_s: float | None = None,
+        ends_episode: bool = False,
     ) -> Tool:
         """Declares a tool from an Amazon Bedrock ``toolSpec`` (``inputSchema.json``)."""
         inner = spec.get("toolSpec", spec)
@@ -228,6 +243,7 @@ class Tool:
             parameters=copy_json(dict(params)),
             fn=fn,
             timeout_s=timeout_s,
+            ends_episode=ends_episode,
         )
 
     @classmethod
@@ -238,6 +254,7 @@ class Tool:
         name: str | None = None,
         description: str | None = None,
         timeout_s: float | None = None,
+        ends_episode: bool = False,
     ) -> Tool:
         """Declares a tool from a typed Python function and its Google-style docstring.
 
@@ -274,6 +291,7 @@ class Tool:
             parameters=params,
             fn=fn,
             timeout_s=timeout_s,
+            ends_episode=ends_episode,
         )
 
 
@@ -282,11 +300,12 @@ def tool(
     *,
     name: str | None = None,
     timeout_s: float | None = None,
+    ends_episode: bool = False,
 ) -> Any:
     """Decorator form of :meth:`Tool.from_function` (``@tool`` or ``@tool(name=...)``)."""
 
     def wrap(f: Callable[..., Any]) -> Tool:
-        return Tool.from_function(f, name=name, timeout_s=timeout_s)
+        return Tool.from_function(f, name=name, timeout_s=timeout_s, ends_episode=ends_episode)
 
     return wrap(fn) if fn is not None else wrap
 

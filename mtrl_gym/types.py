@@ -22,11 +22,27 @@ class Status(enum.StrEnum):
     excludes such episodes instead of scoring them 0, which would poison a GRPO group.
     """
 
-    OK = "ok"  # The agent committed to a well-formed final answer.
+    # The episode ended by the agent's or the user's choice and is scored: a well-formed final
+    # answer, a tool that ends the episode (a transfer, a submit), or the user ending the chat.
+    OK = "ok"
     FORMAT_ERROR = "format_error"  # The agent's final answer could not be parsed.
     INFRA_ERROR = "infra_error"  # A tool or sandbox failed for reasons not caused by the agent.
     TIMEOUT = "timeout"  # A tool or the episode exceeded its wall-clock limit.
     TRUNCATED = "truncated"  # Max turns or the token / character budget ran out.
+
+
+class EndedBy(enum.StrEnum):
+    """What ended an episode, for evaluators (``EpisodeSummary.ended_by``) and ``info``.
+
+    Independent of :class:`Status`: a tool that ends the episode is ``ok`` and scored like a final
+    answer, while ``LIMIT`` episodes are ``truncated`` (or ``timeout`` for the wall-clock limit).
+    """
+
+    ANSWER = "answer"  # The agent's final answer (well-formed or not).
+    TOOL = "tool"  # A tool ended it (the last entry of ``tool_calls`` is that call).
+    USER = "user"  # The user simulator ended the conversation.
+    LIMIT = "limit"  # Max turns, the character or token budget, or the episode's time limit.
+    FAILURE = "failure"  # A tool's or the user simulator's infrastructure failed.
 
 
 class Role(enum.StrEnum):
@@ -87,6 +103,25 @@ class ToolCallRecord:
             "result": self.result,
             "error": self.error,
         }
+
+
+@dataclass(frozen=True)
+class EndEpisode:
+    """Returned by a tool to end the episode after this call (a transfer to a human, a submit).
+
+    The episode terminates with status ``ok`` and is graded like a final answer: it was the
+    agent's choice to call the tool. ``result`` is what the agent reads as the call's result;
+    ``answer``, when not ``None``, is the final answer the call commits to (e.g. a submit tool's
+    validated arguments), seen by rewards and evaluators as ``EpisodeSummary.final_answer``.
+    Calls after this one in the same message do not run. A tool that always ends the episode can
+    instead be declared with ``Tool(..., ends_episode=True)``; its return value is the result.
+
+    >>> EndEpisode("Transferred to a human agent.")
+    EndEpisode(result='Transferred to a human agent.', answer=None)
+    """
+
+    result: JSON = ""
+    answer: JSON = None
 
 
 @dataclass(frozen=True, kw_only=True)

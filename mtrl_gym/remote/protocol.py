@@ -218,6 +218,7 @@ def failure_step(
         "final_answer": None,
         "eval": {"success": False, "status": str(status), "error": error},
         "status": str(status),
+        "ended_by": "failure",  # EndedBy.FAILURE, as a local infrastructure failure says
         "remote_error": error,
     }
     if turn is not None:

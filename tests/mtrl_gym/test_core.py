@@ -76,7 +76,12 @@ def test_step__tool_call_result_and_final_answer(toy_env):
     assert info["status"] == "ok"
     assert info["final_answer"]["value"] == {"sum": 5}
     assert info["eval"]["success"] is True
-    assert info["counts"] == {"tool_calls": 1, "invalid_tool_calls": 0, "format_errors": 0}
+    assert info["counts"] == {
+        "tool_calls": 1,
+        "invalid_tool_calls": 0,
+        "format_errors": 0,
+        "user_turns": 0,
+    }
 
 
 def test_step__several_calls_in_one_turn_run_in_order(toy_env):
@@ -103,7 +108,12 @@ def test_step__agent_mistakes_are_errors_and_the_episode_goes_on(toy_env):
     assert errors[3] == "no such key 'zz'"  # a ToolError raised by the tool itself
     assert all(m["content"].startswith("Error: ") for m in info["messages"])
     # Three calls were rejected before running; the fourth ran and reported a lookup miss.
-    assert info["counts"] == {"tool_calls": 4, "invalid_tool_calls": 3, "format_errors": 0}
+    assert info["counts"] == {
+        "tool_calls": 4,
+        "invalid_tool_calls": 3,
+        "format_errors": 0,
+        "user_turns": 0,
+    }
     assert obs.count("Error: ") == 4
 
 

@@ -119,3 +119,18 @@ def test_episode_resources__ids_reproducible_from_the_generator():
     b = EpisodeResources(np.random.default_rng(7))
     assert [a.new_id("x-") for _ in range(3)] == [b.new_id("x-") for _ in range(3)]
     assert a.new_id().__len__() == 16
+
+
+def test_episode_resources__copy_json_is_private_to_the_episode_and_emptied_at_release():
+    shared = {"orders": [{"id": "O-1", "items": ("a", "b")}], "n": 1}
+    resources = EpisodeResources()
+    state = resources.copy_json(shared)
+    assert state == {"orders": [{"id": "O-1", "items": ["a", "b"]}], "n": 1}
+    state["orders"][0]["id"] = "changed"
+    state["orders"].append({})
+    assert shared == {"orders": [{"id": "O-1", "items": ("a", "b")}], "n": 1}
+    assert resources.copy_json(3) == 3  # scalars are returned as they are
+    resources.release()
+    assert state == {}
+    with pytest.raises(RuntimeError, match="already released"):
+        resources.copy_json(shared)
