@@ -1,4 +1,4 @@
-"""The README's snippets run as written.
+"""The README's snippets (and the guides' in ``docs/``) run as written.
 
 Every fenced ``python`` block runs in a fresh interpreter, and every ``console`` block's ``$``
 commands run in ``bash``; both in document order, in one temporary folder (so a command that
@@ -23,6 +23,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 _BLOCK_RE = re.compile(
     r"(?:<!-- readme-test: serve (?P<serve>[^>]*?) -->\n)?```(?P<lang>\w*)\n(?P<body>.*?)```",
@@ -40,9 +42,14 @@ class Block:
     serve: str | None = None
 
 
-def readme_blocks() -> list[Block]:
-    """The README's fenced blocks, in order."""
-    text = (ROOT / "README.md").read_text()
+# Documents whose code runs as written. In the README each python block stands alone; in a guide
+# the python blocks are one program, each run after the ones before it.
+DOCUMENTS = ("README.md", "docs/environments.md")
+
+
+def readme_blocks(document: str = "README.md") -> list[Block]:
+    """A document's fenced blocks, in order."""
+    text = (ROOT / document).read_text()
     return [
         Block(m["lang"], m["body"], text.count("\n", 0, m.start()) + 1, m["serve"])
         for m in _BLOCK_RE.finditer(text)
@@ -97,22 +104,25 @@ def _serve(args: str, env: dict[str, str]) -> subprocess.Popen:
     return proc
 
 
-def test_readme__snippets_run_as_written(tmp_path: Path) -> None:
-    blocks = readme_blocks()
+@pytest.mark.parametrize("document", DOCUMENTS)
+def test_readme__snippets_run_as_written(document: str, tmp_path: Path) -> None:
+    blocks = readme_blocks(document)
     langs = {b.lang for b in blocks}
     assert langs <= {"bash", "text", "python", "console"}, langs  # no unlabelled blocks
     (tmp_path / ".venv").symlink_to(Path(sys.prefix))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg"}
     env.pop("MTRL_REMOTE_TOKEN", None)
-    ran = 0
+    ran, program = 0, ""
     for block in blocks:
         if block.lang not in ("python", "console"):
             continue
         server = _serve(block.serve, env) if block.serve else None
         try:
             if block.lang == "python":
+                code = block.body if document == "README.md" else program + block.body
+                program = code + "\n"
                 out = subprocess.run(
-                    [sys.executable, "-c", block.body],
+                    [sys.executable, "-c", code],
                     cwd=tmp_path,
                     env=env,
                     capture_output=True,
@@ -142,4 +152,4 @@ def test_readme__snippets_run_as_written(tmp_path: Path) -> None:
             if server is not None:
                 server.kill()
                 server.wait(timeout=10)
-    assert ran >= 8
+    assert ran >= (8 if document == "README.md" else 1)
