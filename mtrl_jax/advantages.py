@@ -62,7 +62,11 @@ class AdvantageConfig:
         eps: added to the std before dividing.
         filter_groups: DAPO's dynamic sampling: drop groups whose valid rewards are all equal
             from the round's training batch (:func:`drop_identical_groups`; counted as
-            ``advantage/filtered_groups``). The batch shrinks; nothing refills it.
+            ``advantage/filtered_groups``).
+        refill_rounds: with ``filter_groups``, at most this many extra collections per round,
+            each playing as many new tasks as groups are missing from ``env.tasks_per_step``
+            (the trainer's refill; 0: the batch just shrinks). A cap, because a policy that
+            solves everything (or nothing) would otherwise sample forever.
     """
 
     estimator: str = "grpo"
@@ -71,9 +75,14 @@ class AdvantageConfig:
     k: int = 1
     eps: float = 1e-6
     filter_groups: bool = False
+    refill_rounds: int = 0
 
     def __post_init__(self) -> None:
         ADVANTAGE_ESTIMATORS.check(self.estimator)
+        if self.refill_rounds < 0:
+            raise ValueError(f"refill_rounds must be >= 0, got {self.refill_rounds}")
+        if self.refill_rounds and not self.filter_groups:
+            raise ValueError("refill_rounds needs filter_groups: true (nothing is dropped)")
         if self.std_ddof not in (0, 1):
             raise ValueError(f"std_ddof must be 0 or 1, got {self.std_ddof}")
         if self.k < 1:

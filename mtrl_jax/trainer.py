@@ -601,15 +601,36 @@ class Trainer:
         """Plays round ``step`` (its tasks, keys and seeds are functions of the step)."""
         start = time.perf_counter()
         tasks = self.tasks.take(self.cfg.env.tasks_per_step)
-        position = self.tasks.position
         self.sampler.set_key(jax.random.fold_in(self.sample_key, step))
         self.sampler.stats = PrefillStats()
         batch = run_blocking(self.rollout.collect(tasks, step=step))
+        batch = self._refill(batch, step, offset=len(tasks))
+        position = self.tasks.position
         # Prompt compute as the sampler did it: shared prefixes are prefilled once per round
         # (how much depends on which episodes reached the sampler together: a perf metric).
         batch.metrics["perf/prefill_tokens"] = float(self.sampler.stats.prefilled_tokens)
         batch.metrics["perf/prefix_reused_tokens"] = float(self.sampler.stats.reused_tokens)
         return _Round(step, batch, time.perf_counter() - start, position)
+
+    def _refill(self, batch: RolloutBatch, step: int, *, offset: int) -> RolloutBatch:
+        """Dynamic sampling's refill: new tasks for the groups the filter dropped, capped.
+
+        Each extra collection plays as many tasks as groups are missing, numbered after the
+        round's others (new group ids, seeds and sampler streams), then the whole round is
+        scored again. Tasks come from the stream, so a checkpoint's position covers them.
+        """
+        a = self.cfg.rollout.advantage
+        records, added = list(batch.records), 0
+        for _ in range(a.refill_rounds):
+            missing = self.cfg.env.tasks_per_step - int(batch.metrics.get("advantage/groups", 0))
+            if missing <= 0:
+                break
+            more = self.tasks.take(missing)
+            records += run_blocking(self.rollout.play(more, step=step, task_offset=offset))
+            offset, added = offset + missing, added + missing
+            batch = self.rollout.score(records)
+        batch.metrics["advantage/refill_tasks"] = float(added)
+        return batch
 
     def _run_sync(self) -> None:
         bar = self._bar(self.cfg.steps - self.step, "rl")

@@ -218,6 +218,23 @@ class RolloutEngine:
         Raises:
             EvalOnlyError: a training round on an evaluation-only environment.
         """
+        records = await self.play(tasks, step=step, evaluation=evaluation)
+        return self.score(records, evaluation=evaluation)
+
+    async def play(
+        self,
+        tasks: Sequence[Mapping[str, Any]],
+        *,
+        step: int = 0,
+        task_offset: int = 0,
+        evaluation: bool = False,
+    ) -> list[TrajectoryRecord]:
+        """Plays ``group_size`` episodes of every task; :meth:`score` turns them into a batch.
+
+        ``task_offset`` numbers these tasks after ``task_offset`` others of the same round (a
+        refill after dynamic sampling dropped groups): group ids, reset seeds and sampler
+        request ids all use ``task_offset + t``, so a refill never repeats an episode's noise.
+        """
         g = self.cfg.group_size
         envs: list[gym.Env] = []
         try:
@@ -227,20 +244,20 @@ class RolloutEngine:
                     ensure_trainable(envs[-1])  # before any episode runs
             semaphore = asyncio.Semaphore(self.cfg.max_concurrency)
             coros = []
-            for t, options in enumerate(tasks):
+            for i, options in enumerate(tasks):
+                t = task_offset + i
                 key = options.get("task_id", options.get("task_index", ""))
                 group_id = f"{step}:{t}:{key}"
                 for j in range(g):
                     seed = int(
                         np.random.SeedSequence([self.cfg.seed, step, t, j]).generate_state(1)[0]
                     )
-                    job = (envs[t * g + j], dict(options), seed, group_id, j, t * g + j)
+                    job = (envs[i * g + j], dict(options), seed, group_id, j, t * g + j)
                     coros.append(self._episode(*job, semaphore))
-            records = list(await asyncio.gather(*coros))
+            return list(await asyncio.gather(*coros))
         finally:
             for env in envs:
                 env.close()
-        return self._score(records, evaluation)
 
     async def _episode(
         self,
@@ -355,8 +372,12 @@ class RolloutEngine:
             **common,
         )
 
-    def _score(self, records: list[TrajectoryRecord], evaluation: bool) -> RolloutBatch:
-        """Group advantages over the included episodes, learner trajectories and metrics."""
+    def score(self, records: list[TrajectoryRecord], *, evaluation: bool = False) -> RolloutBatch:
+        """Group advantages over the included episodes, learner trajectories and metrics.
+
+        Sets each record's ``advantage`` (scoring the same records again, e.g. with a refill's
+        added, overwrites it). ``advantage/groups`` counts the groups kept for training.
+        """
         sampler_errors = [r for r in records if r.eval and "error" in r.eval and not r.num_turns]
         if records and len(sampler_errors) == len(records):
             # Every episode failed before its first turn: a systematic bug, not flaky infra.

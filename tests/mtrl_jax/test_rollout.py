@@ -461,3 +461,26 @@ def test_rollout_engine__filter_groups_can_leave_nothing_to_train(tokenizer):
     assert batch.metrics["advantage/filtered_groups"] == 1
     assert batch.metrics["advantage/groups"] == 0
     assert [r.advantage for r in batch.records] == [0.0] * 3
+
+
+def test_rollout_engine__play_with_a_task_offset_continues_the_round(tokenizer):
+    # A refill plays more tasks of the same round after the first ones: scored together they
+    # are the round collect would have played with all the tasks at once (same group ids,
+    # seeds, sampler streams, advantages).
+    whole, _ = collect_two_groups(tokenizer, advantage=AdvantageConfig(filter_groups=True))
+    engine = RolloutEngine(
+        FakeSampler(tokenizer, length_script),
+        tokenizer,
+        make_toy_env_factory(),
+        RolloutConfig(group_size=4, advantage=AdvantageConfig(filter_groups=True)),
+    )
+    first = asyncio.run(engine.play([{"task_id": "t0"}], step=0))
+    assert engine.score(first).metrics["advantage/groups"] == 0  # all correct: dropped
+    more = asyncio.run(engine.play([{"task_id": "t0"}], step=0, task_offset=1))
+    assert {r.group_id for r in more} == {"0:1:t0"}
+    batch = engine.score(first + more)
+    key = lambda r: (r.group_id, r.sample_index)  # noqa: E731
+    for a, b in zip(sorted(whole.records, key=key), sorted(batch.records, key=key), strict=True):
+        assert key(a) == key(b) and a.tokens.tolist() == b.tokens.tolist()
+        assert a.advantage == b.advantage
+    assert batch.metrics["advantage/groups"] == 1 and len(batch.trajectories) == 4

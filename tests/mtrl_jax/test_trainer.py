@@ -662,6 +662,28 @@ def test_trainer__async_pause_survives_rounds_with_nothing_to_train_on(out_dir, 
     assert seen["version_at_start"] == [0, 1, 1]
 
 
+def test_trainer__filter_groups_refills_dropped_groups_with_new_tasks(out_dir, base_model):
+    # The untrained policy mostly earns the same reward in a group: the filter drops such
+    # groups and each refill plays as many new tasks as groups are missing, at most twice.
+    extra = ("rollout.advantage.filter_groups=true", "rollout.advantage.refill_rounds=2")
+    trainer, tracker = make_trainer("quickstart", tiny(out_dir, "refill", base_model, *extra))
+    trainer.run()
+    m = tracker.steps()[0]
+    refill, kept, dropped = (
+        m["advantage/refill_tasks"],
+        m["advantage/groups"],
+        m["advantage/filtered_groups"],
+    )
+    assert kept + dropped == 2 + refill  # every task played is one group, kept or dropped
+    assert m["rollout/episodes"] == (2 + refill) * 2
+    assert trainer.trained_position == 2 + refill  # refill tasks come from the stream
+    assert refill <= 4  # two refills of at most 2 tasks each
+    if kept < 2:  # short of a full batch: both refills ran, each with at least one task
+        assert refill >= 2
+    if refill == 0:
+        assert kept >= 2
+
+
 def test_trainer__async_drop_discards_and_counts_stale_trajectories(out_dir, base_model):
     overrides = tiny(
         out_dir,
