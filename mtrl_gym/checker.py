@@ -32,13 +32,43 @@ class ReproducibilityError(AssertionError):
     """Two plays of the same task with the same actions differed."""
 
 
-def _make(env: str | Callable[[], gym.Env], kwargs: Mapping[str, Any]) -> gym.Env:
-    return gym.make(env, **kwargs) if isinstance(env, str) else env()
+EnvLike = str | gym.Env | Callable[[], gym.Env]
+"""What both checks accept: a registered id (``"mtrl/OrderLookup-v0"``, or ``"module:Name-vN"``,
+which imports ``module`` first, as in ``gym.make``), an instance, or a zero-argument factory."""
 
 
-def check_env(env: str | gym.Env, **kwargs: Any) -> None:
-    """Runs Gymnasium's ``check_env`` on an id or instance, with its warnings raised as errors."""
-    instance = gym.make(env, **kwargs) if isinstance(env, str) else env
+def _open(env: EnvLike, kwargs: Mapping[str, Any]) -> tuple[gym.Env, bool]:
+    """Makes or takes an environment; returns it and whether the check owns (must close) it.
+
+    Ids and factories give a fresh instance the check closes; an instance is the caller's, used
+    as is and left open. ``kwargs`` (for ``gym.make``) only make sense with an id.
+    """
+    if isinstance(env, str):
+        return gym.make(env, **kwargs), True
+    if kwargs:
+        raise TypeError(f"environment arguments {sorted(kwargs)} apply only to an id, not {env!r}")
+    if isinstance(env, gym.Env):
+        return env, False
+    if callable(env):
+        instance = env()
+        if not isinstance(instance, gym.Env):
+            raise TypeError(f"the factory {env!r} returned {type(instance)}, not a gym.Env")
+        return instance, True
+    raise TypeError(f"expected an id, a gym.Env or a zero-argument factory, got {type(env)}")
+
+
+def check_env(env: EnvLike, **kwargs: Any) -> None:
+    """Runs Gymnasium's ``check_env``, with its warnings raised as errors.
+
+    Args:
+        env: An id, an instance or a zero-argument factory (see :data:`EnvLike`). An instance
+            is left open; an environment made here is closed.
+        **kwargs: Keyword arguments for ``gym.make`` when ``env`` is an id.
+
+    Raises:
+        TypeError: ``kwargs`` with an instance or factory, or ``env`` of none of these kinds.
+    """
+    instance, owned = _open(env, kwargs)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error")
@@ -47,7 +77,8 @@ def check_env(env: str | gym.Env, **kwargs: Any) -> None:
             warnings.filterwarnings("ignore", message=".*alternative render modes.*")
             gym_check_env(instance.unwrapped)
     finally:
-        instance.close()
+        if owned:
+            instance.close()
 
 
 def example_arguments(schema: Mapping[str, Any]) -> dict[str, Any]:
@@ -187,7 +218,7 @@ def _first_difference(a: Any, b: Any, path: str = "") -> str | None:
 
 
 def check_reproducible(
-    env: str | Callable[[], gym.Env],
+    env: EnvLike,
     *,
     seeds: Sequence[int] = (0, 1),
     actions: Sequence[str] | None = None,
@@ -197,7 +228,10 @@ def check_reproducible(
     """Checks that the same task and actions give the same messages, tool results and rewards.
 
     Args:
-        env: A registered id (``"mtrl/OrderLookup-v0"``) or a zero-argument factory.
+        env: An id, an instance or a zero-argument factory (see :data:`EnvLike`). From an id or
+            a factory, two fresh instances are compared, then one reused; an instance, which
+            cannot be copied, is played all three times (this still catches state leaking
+            across episodes and nondeterminism) and left open.
         seeds: Reset seeds to check (each selects a task).
         actions: A fixed action script; default: the probe script, plus the oracle if any.
         env_kwargs: Keyword arguments for ``gym.make`` when ``env`` is an id.
@@ -208,14 +242,18 @@ def check_reproducible(
 
     Raises:
         ReproducibilityError: naming the seed, the script and the first differing field.
+        TypeError: ``env_kwargs`` with an instance or factory, or an ``env`` of none of the
+            accepted kinds.
     """
     kwargs = dict(env_kwargs or {})
-    first, second = _make(env, kwargs), _make(env, kwargs)
+    first, owned = _open(env, kwargs)
+    second = _open(env, kwargs)[0] if owned else first
     compared = 0
     user = getattr(first.unwrapped, "user", None)
     if not is_reproducible(user):
-        first.close()
-        second.close()
+        if owned:
+            first.close()
+            second.close()
         raise ReproducibilityError(
             f"the user simulator {user!r} is not reproducible: use temperature 0 with a seed, "
             "or replay a recording (mtrl_gym.users.RecordedUser)"
@@ -248,6 +286,7 @@ def check_reproducible(
                         )
                 compared += len(runs)
     finally:
-        first.close()
-        second.close()
+        if owned:
+            first.close()
+            second.close()
     return compared

@@ -8,6 +8,9 @@ scripts can read it. Examples::
     python -m mtrl_gym list
     python -m mtrl_gym play mtrl/OrderLookup-v0 --agent oracle --episodes 50
     python -m mtrl_gym play mtrl/Calculator-v0 --agent random --episodes 20 --show 1
+    python -m mtrl_gym play acme_envs:acme/Retail-v0     # imports acme_envs, which registers it
+
+``ENV_ID`` is any Gymnasium id, in any namespace; ``module:Name-vN`` imports ``module`` first.
 
 Non-goals: model-driven agents (the learner's eval job plays those).
 """
@@ -25,7 +28,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from mtrl_gym.registration import registered_env_ids
+from mtrl_gym.registration import registered_env_ids, resolve_env_id
 from mtrl_gym.runner import EpisodeJob, EpisodeResult, EpisodeRunner
 from mtrl_gym.spaces import TextSpace
 
@@ -154,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="list registered environments")
     p = sub.add_parser("play", help="play an agent on an environment")
-    p.add_argument("env_id", choices=registered_env_ids(), metavar="ENV_ID")
+    p.add_argument("env_id", metavar="ENV_ID", help="a Gymnasium id; module:Name-vN imports module")
     p.add_argument("--agent", choices=sorted(AGENTS), default="oracle")
     p.add_argument("--episodes", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
@@ -175,6 +178,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
             print(f"{env_id:32s} {_describe(env_id)}")
         return None
 
+    try:
+        resolve_env_id(args.env_id)
+    except (ImportError, gym.error.Error) as e:
+        parser.error(f"environment {args.env_id!r}: {e}")
     env_kwargs: dict[str, Any] = {}
     for item in args.env_arg:
         key, sep, value = item.partition("=")

@@ -6,7 +6,8 @@ environment tells apart:
 
 - text (the rendered return value) or an :class:`~mtrl_gym.types.EndEpisode` (the tool ended the
   episode; a tool declared with ``ends_episode=True`` ends it with whatever it returns);
-- a :class:`~mtrl_gym.tools.ToolError`: the agent's mistake, shown to it;
+- a :class:`~mtrl_gym.tools.ToolError`: the agent's mistake, shown to it (raised by the tool, or
+  a returned string starting with the tool's ``error_prefix``);
 - an :class:`InfraFailure`: the tool's machinery failed or ran out of time; the episode ends as
   ``infra_error`` / ``timeout`` and is excluded from training.
 
@@ -44,8 +45,13 @@ def settle(tool: Tool, value: Any) -> str | EndEpisode:
     """Renders a return value; an ending tool's value becomes an :class:`EndEpisode`.
 
     Raises ``ToolInfraError`` (via ``render_result``) for a result or an answer JSON cannot
-    encode: a bug in the tool, hence the infrastructure's failure.
+    encode: a bug in the tool, hence the infrastructure's failure. Raises ``ToolError`` for a
+    string that starts with the tool's ``error_prefix`` (even from an ending tool: an error ends
+    nothing), so it is recorded and shown exactly like a raised one.
     """
+    error = tool.returned_error(value)
+    if error is not None:
+        raise ToolError(error)
     if isinstance(value, EndEpisode):
         render_result(value.answer)  # checks that the committed answer is JSON
         return EndEpisode(render_result(value.result), answer=value.answer)

@@ -1,4 +1,7 @@
-"""Registration of mtrl environments with Gymnasium under ``mtrl/<Name>-v<N>`` ids.
+"""Registration of mtrl environments with Gymnasium under ``<namespace>/<Name>-v<N>`` ids.
+
+The built-in environments live in the ``mtrl`` namespace; a third-party package registers its
+own under any namespace (``acme/Retail-v0``).
 
 Ids are registered with string entry points (``"module:Class"``), so registering imports nothing:
 an environment's module, and whatever it needs, is imported only when it is made. Gymnasium 1.x
@@ -10,13 +13,17 @@ Non-goals: environment discovery across third-party packages (they call :func:`r
 
 from __future__ import annotations
 
+import importlib
 import re
 from typing import Any
 
 import gymnasium as gym
+from gymnasium.envs.registration import EnvSpec
 
 NAMESPACE = "mtrl"
-_ID_RE = re.compile(r"^mtrl/[A-Z][A-Za-z0-9]*(?:[-_.][A-Za-z0-9]+)*-v\d+$")
+# ``<namespace>/<Name>-v<N>``: a subset of Gymnasium's own id grammar (no ``:`` in the namespace,
+# which ``gym.make`` would read as a module to import; a name and a version always present).
+_ID_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*/[A-Z][A-Za-z0-9]*(?:[-_.][A-Za-z0-9]+)*-v\d+$")
 
 # The built-in environments (package ``mtrl_envs``, installed from ``envs/``).
 BUILTIN_ENVS: dict[str, str] = {
@@ -41,13 +48,18 @@ SOP_SUITE_ENVS: dict[str, str] = {
 
 
 def register_env(env_id: str, entry_point: str, **kwargs: Any) -> None:
-    """Registers an environment id; ids must look like ``mtrl/<Name>-v<N>``.
+    """Registers an environment id; ids must look like ``<namespace>/<Name>-v<N>``.
 
-    Re-registering an id with the same entry point is a no-op (modules may be re-imported);
-    a different entry point for a taken id is an error rather than a silent override.
+    Any namespace may be used (``mtrl/OrderLookup-v0``, ``acme/Retail-v0``); the name starts with
+    a capital letter. Re-registering an id with the same entry point is a no-op (modules may be
+    re-imported); a different entry point for a taken id is an error rather than a silent
+    override.
     """
     if not _ID_RE.match(env_id):
-        raise ValueError(f"environment id {env_id!r} must look like 'mtrl/<Name>-v<N>'")
+        raise ValueError(
+            f"environment id {env_id!r} must look like '<namespace>/<Name>-v<N>', "
+            "e.g. 'acme/Retail-v0'"
+        )
     existing = gym.registry.get(env_id)
     if existing is not None:
         if existing.entry_point != entry_point:
@@ -63,6 +75,24 @@ def register_env(env_id: str, entry_point: str, **kwargs: Any) -> None:
 def registered_env_ids() -> list[str]:
     """All registered ids in the ``mtrl`` namespace, sorted."""
     return sorted(k for k in gym.registry if k.startswith(f"{NAMESPACE}/"))
+
+
+def resolve_env_id(env_id: str) -> EnvSpec:
+    """The spec of any Gymnasium id, importing ``module`` first for ``"module:Name-vN"``.
+
+    This is how ``gym.make`` reads ids, checked up front so a command line can report a bad id
+    before making anything.
+
+    Raises:
+        ModuleNotFoundError: the ``module`` of ``"module:Name-vN"`` cannot be imported.
+        gymnasium.error.Error: the id is not registered (the message suggests close ones).
+    """
+    module, sep, name = env_id.partition(":")
+    if sep:
+        importlib.import_module(module)
+    else:
+        name = env_id
+    return gym.spec(name)
 
 
 def register_builtin_envs() -> None:

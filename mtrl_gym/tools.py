@@ -13,7 +13,10 @@ Who is at fault decides what the trainer does, so the rule is strict:
   names, even when the schema leaves ``additionalProperties`` open) and its simple type hints
   (wrong types, even when the schema declares none), and text that is not valid Unicode.
 - :class:`ToolError` raised by the callable: the agent's call was wrong in a way only the tool
-  can tell (record not found, bad value). Shown to the agent like the above.
+  can tell (record not found, bad value). Shown to the agent like the above. A tool written to
+  *return* its errors as text (``"Error: order not found"``, as tau-bench's tools do) is declared
+  with ``error_prefix="Error:"``: a returned string starting with the prefix counts as that
+  ``ToolError``, with the rest of the string as its message.
 - Any other exception, or :class:`ToolInfraError`: the tool's own machinery failed. The episode
   ends with status ``infra_error`` and is excluded from training rather than scored 0. Since the
   checks above run first, agent text cannot reach this branch through a well-typed callable; a
@@ -62,6 +65,10 @@ class Tool:
         ends_episode: Every successful call ends the episode (status ``ok``, scored), with the
             return value as the result the agent reads: a transfer-to-human tool. A tool that
             ends it only sometimes returns :class:`~mtrl_gym.types.EndEpisode` instead.
+        error_prefix: When set, a returned string starting with it is the agent's mistake, as if
+            the tool had raised :class:`ToolError` with the rest of the string (leading spaces
+            and colons removed) as its message; ``None`` (the default) treats every return value
+            as a result. For tools that report errors as text, e.g. ``"Error:"``.
 
     Example:
         >>> def add(a: int, b: int) -> int:
@@ -85,6 +92,7 @@ class Tool:
     fn: Callable[..., Any]
     timeout_s: float | None = None
     ends_episode: bool = False
+    error_prefix: str | None = None
     _validator: Any = field(default=None, repr=False, compare=False)
     # The callable's signature (None when it has none Python can read, e.g. some builtins) and a
     # validator built from its type hints: the checks that keep an agent's extra, missing or
@@ -97,6 +105,13 @@ class Tool:
             raise ValueError(f"invalid tool name {self.name!r}: use letters, digits, _ . - only")
         if not callable(self.fn):
             raise TypeError(f"tool {self.name!r}: fn must be callable, got {type(self.fn)}")
+        if self.error_prefix is not None and (
+            not isinstance(self.error_prefix, str) or not self.error_prefix.strip()
+        ):
+            raise ValueError(
+                f"tool {self.name!r}: error_prefix must be a non-blank string or None, "
+                f"got {self.error_prefix!r}"
+            )
         if self.parameters.get("type", "object") != "object":
             raise ValueError(f"tool {self.name!r}: parameters schema must have type 'object'")
         try:
@@ -187,6 +202,21 @@ class Tool:
                 return f"missing required argument {p.name!r}{takes}"
         return None
 
+    def returned_error(self, value: Any) -> str | None:
+        """The error message in a return value, under :attr:`error_prefix`; else ``None``.
+
+        >>> t = Tool.from_openai({"name": "f"}, lambda: None, error_prefix="Error:")
+        >>> t.returned_error("Error: no such order")
+        'no such order'
+        >>> t.returned_error("order #1: shipped") is None
+        True
+        """
+        prefix = self.error_prefix
+        if prefix is None or not isinstance(value, str) or not value.startswith(prefix):
+            return None
+        # "Error: x" under the prefix "Error" reads "x", not ": x"; the agent sees "Error: x".
+        return value[len(prefix) :].lstrip(": \t\n") or "the tool reported an error"
+
     def __call__(self, **arguments: Any) -> Any:
         """Calls the implementation directly (no validation; the environment validates)."""
         return self.fn(**arguments)
@@ -201,6 +231,7 @@ class Tool:
         *,
         timeout_s: float | None = None,
         ends_episode: bool = False,
+        error_prefix: str | None = None,
     ) -> Tool:
         """Declares a tool from an OpenAI function schema.
 
@@ -217,6 +248,7 @@ class Tool:
             fn=fn,
             timeout_s=timeout_s,
             ends_episode=ends_episode,
+            error_prefix=error_prefix,
         )
 
     @classmethod
@@ -227,6 +259,7 @@ class Tool:
         *,
         timeout_s: float | None = None,
         ends_episode: bool = False,
+        error_prefix: str | None = None,
     ) -> Tool:
         """Declares a tool from an Amazon Bedrock ``toolSpec`` (``inputSchema.json``)."""
         inner = spec.get("toolSpec", spec)
@@ -244,6 +277,7 @@ class Tool:
             fn=fn,
             timeout_s=timeout_s,
             ends_episode=ends_episode,
+            error_prefix=error_prefix,
         )
 
     @classmethod
@@ -255,6 +289,7 @@ class Tool:
         description: str | None = None,
         timeout_s: float | None = None,
         ends_episode: bool = False,
+        error_prefix: str | None = None,
     ) -> Tool:
         """Declares a tool from a typed Python function and its Google-style docstring.
 
@@ -292,6 +327,7 @@ class Tool:
             fn=fn,
             timeout_s=timeout_s,
             ends_episode=ends_episode,
+            error_prefix=error_prefix,
         )
 
 
@@ -301,11 +337,18 @@ def tool(
     name: str | None = None,
     timeout_s: float | None = None,
     ends_episode: bool = False,
+    error_prefix: str | None = None,
 ) -> Any:
     """Decorator form of :meth:`Tool.from_function` (``@tool`` or ``@tool(name=...)``)."""
 
     def wrap(f: Callable[..., Any]) -> Tool:
-        return Tool.from_function(f, name=name, timeout_s=timeout_s, ends_episode=ends_episode)
+        return Tool.from_function(
+            f,
+            name=name,
+            timeout_s=timeout_s,
+            ends_episode=ends_episode,
+            error_prefix=error_prefix,
+        )
 
     return wrap(fn) if fn is not None else wrap
 

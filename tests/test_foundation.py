@@ -1,5 +1,6 @@
 """Checks on the project's foundation: module boundaries, packaging, the README's commands."""
 
+import ast
 import re
 import subprocess
 import sys
@@ -154,3 +155,37 @@ def test_conftest__jax_sees_eight_fake_cpu_devices():
 
     assert jax.device_count() == 8
     assert {d.platform for d in jax.devices()} == {"cpu"}
+
+
+# Imported inside try/except ImportError with a fallback, so deliberately not declared.
+_OPTIONAL_IMPORTS = {"jaxtyping"}
+
+
+def _third_party_imports(folder: Path) -> set[str]:
+    """Top-level names of the non-stdlib modules imported anywhere under ``folder``."""
+    ours = {"mtrl_gym", "mtrl_envs", "mtrl_jax", "envs", "__future__"}
+    names: set[str] = set()
+    for path in folder.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split(".")[0])
+    return {n for n in names if n not in sys.stdlib_module_names and n not in ours}
+
+
+@pytest.mark.parametrize(
+    ("folder", "extras"), [("mtrl_gym", ("remote",)), ("envs", ()), ("mtrl_jax", ("jax",))]
+)
+def test_pyproject__every_imported_package_is_declared(folder: str, extras: tuple[str, ...]):
+    import importlib.metadata
+
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = [*meta["dependencies"]]
+    for extra in extras:
+        declared += meta["optional-dependencies"][extra]
+    names = {re.split(r"[<>=!~\[; ]", d, maxsplit=1)[0].lower() for d in declared}
+    distributions = importlib.metadata.packages_distributions()
+    for module in sorted(_third_party_imports(ROOT / folder) - _OPTIONAL_IMPORTS):
+        dists = {d.lower() for d in distributions.get(module, [module])}
+        assert dists & names, f"{folder} imports {module!r} but pyproject declares none of {dists}"

@@ -339,6 +339,9 @@ class SessionManager:
             else:
                 call = self._run(tool.fn, **arguments)
                 value = await asyncio.wait_for(call, tool.timeout_s)
+            error = tool.returned_error(value)  # an "Error: ..." string is the agent's mistake
+            if error is not None:
+                return {**base, "outcome": "error", "message": error}
             return {**base, "outcome": "result", "value": render_result(value)}
         except ToolError as e:
             return {**base, "outcome": "error", "message": str(e)}

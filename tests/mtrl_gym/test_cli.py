@@ -46,3 +46,24 @@ def test_cli__bad_arguments_are_clear_errors(capsys):
 def test_cli__env_args_are_passed_through():
     summary = cli.main(["play", "mtrl/Inventory-v0", "--episodes", "2", "--env-arg", "max_turns=1"])
     assert summary["statuses"] == {"truncated": 2}
+
+
+def test_cli__play_takes_any_gymnasium_id_with_a_module_prefix():
+    code = (
+        "from mtrl_gym import cli\n"
+        "s = cli.main(['play', 'tests.mtrl_gym.acme_envs:acme/Toy-v0', '--agent', 'random',"
+        " '--episodes', '2'])\n"
+        "assert s['episodes'] == 2 and s['env'] == 'tests.mtrl_gym.acme_envs:acme/Toy-v0'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    import tests.mtrl_gym.acme_envs  # noqa: F401 - registers acme/Toy-v0 in this process
+
+    summary = cli.main(["play", "acme/Toy-v0", "--agent", "random", "--episodes", "2"])
+    assert summary["episodes"] == 2
+
+
+def test_cli__unknown_ids_and_modules_are_clear_errors(capsys):
+    for env_id in ("acme/Nope-v0", "no_such_module_xyz:acme/Toy-v0", "mtrl/Inventory-v9"):
+        with pytest.raises(SystemExit):
+            cli.main(["play", env_id])
+        assert f"environment {env_id!r}" in capsys.readouterr().err

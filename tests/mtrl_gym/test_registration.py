@@ -8,6 +8,7 @@ import pytest
 import mtrl_gym
 from mtrl_gym import check_env, check_reproducible, register_env, registered_env_ids
 from mtrl_gym.checker import ReproducibilityError, play
+from tests.mtrl_gym.toy import ToyEnv
 
 ENV_IDS = registered_env_ids()
 
@@ -23,6 +24,34 @@ def test_register_env__bad_ids_and_conflicts_are_errors():
     with pytest.raises(ValueError, match="already registered"):
         register_env("mtrl/OrderLookup-v0", "somewhere:Else")
     register_env("mtrl/OrderLookup-v0", mtrl_gym.registration.BUILTIN_ENVS["mtrl/OrderLookup-v0"])
+
+
+def test_register_env__any_namespace_and_gymnasium_rules_still_apply():
+    register_env("acme/Retail-v0", "tests.mtrl_gym.toy:ToyEnv", max_turns=3)
+    register_env("acme/Retail-v0", "tests.mtrl_gym.toy:ToyEnv")  # the same again: a no-op
+    env = gym.make("acme/Retail-v0")
+    assert env.spec.namespace == "acme" and env.unwrapped.max_turns == 3
+    env.close()
+    assert "acme/Retail-v0" not in registered_env_ids()  # the list is the mtrl namespace's
+    for bad in ("acme/retail-v0", "acme/Retail", "ac:me/Retail-v0", "/Retail-v0", "a/b/C-v0"):
+        with pytest.raises(ValueError, match="must look like"):
+            register_env(bad, "tests.mtrl_gym.toy:ToyEnv")
+
+
+def test_check_env_and_check_reproducible__accept_an_id_an_instance_or_a_factory():
+    env_id = "mtrl/Inventory-v0"
+    instance = gym.make(env_id)
+    for env in (env_id, instance, lambda: gym.make(env_id)):
+        check_env(env)
+        assert check_reproducible(env, seeds=(0,), use_oracle=False) == 3
+    instance.reset(seed=0)  # the caller's instance was left open and still works
+    instance.close()
+    with pytest.raises(TypeError, match="apply only to an id"):
+        check_reproducible(lambda: gym.make(env_id), env_kwargs={"max_turns": 2})
+    with pytest.raises(TypeError, match="apply only to an id"):
+        check_env(ToyEnv(), max_turns=2)
+    with pytest.raises(TypeError, match="not a gym.Env"):
+        check_env(lambda: "mtrl/Inventory-v0")
 
 
 def test_make__module_prefix_works_from_a_fresh_interpreter():

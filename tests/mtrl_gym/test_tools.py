@@ -1,10 +1,13 @@
+import asyncio
 import enum
+import json
 from typing import Literal
 
 import pytest
 
 from mtrl_gym import Tool, tool
 from mtrl_gym.tools import ToolInfraError, render_result
+from tests.mtrl_gym.toy import ToyEnv
 
 
 class Color(enum.Enum):
@@ -156,3 +159,69 @@ def test_render_result__strings_pass_json_otherwise():
     assert render_result({"a": [1, None, True]}) == '{"a": [1, null, true]}'
     with pytest.raises(ToolInfraError, match="not JSON-serialisable"):
         render_result({"a": object()})
+
+
+def _find_order(order_id: str) -> str:
+    """Finds an order, tau-bench style: errors are returned, not raised.
+
+    Args:
+        order_id: The order.
+    """
+    return "Order #1: shipped" if order_id == "#1" else "Error: order not found"
+
+
+FIND_SCHEMA = {
+    "name": "find_order",
+    "parameters": {"type": "object", "properties": {"order_id": {"type": "string"}}},
+}
+FIND_SPEC = {"toolSpec": {"name": "find_order", "inputSchema": {"json": FIND_SCHEMA["parameters"]}}}
+
+
+def test_error_prefix__every_constructor_takes_it_and_off_by_default():
+    made = [
+        Tool.from_function(_find_order, name="find_order", error_prefix="Error:"),
+        Tool.from_openai(FIND_SCHEMA, _find_order, error_prefix="Error:"),
+        Tool.from_bedrock(FIND_SPEC, _find_order, error_prefix="Error:"),
+        tool(error_prefix="Error:")(_find_order),
+    ]
+    assert [t.error_prefix for t in made] == ["Error:"] * 4
+    assert all(t.returned_error("Error: order not found") == "order not found" for t in made)
+    assert all(t.returned_error("Order #1: shipped") is None for t in made)
+    assert Tool.from_function(_find_order).returned_error("Error: order not found") is None
+
+
+def test_error_prefix__message_is_the_rest_without_a_doubled_error():
+    t = Tool.from_function(_find_order, error_prefix="Error")
+    assert t.returned_error("Error: order not found") == "order not found"
+    assert t.returned_error("Error") == "the tool reported an error"
+    assert t.returned_error({"Error": 1}) is None and t.returned_error("error: x") is None
+    with pytest.raises(ValueError, match="error_prefix"):
+        Tool.from_function(_find_order, error_prefix=" ")
+
+
+@pytest.mark.parametrize("runner", ["step", "astep"])
+@pytest.mark.parametrize("ends_episode", [False, True])
+def test_error_prefix__returned_error_is_recorded_like_a_raised_tool_error(runner, ends_episode):
+    find = Tool.from_function(_find_order, error_prefix="Error: ", ends_episode=ends_episode)
+    env = ToyEnv(extra_tools=(find,))
+    env.reset(options={"task_id": "t2"})
+    calls = [("_find_order", {"order_id": "#9"}), ("lookup", {"key": "zz"})]
+    action = "".join(
+        f"<tool_call>{json.dumps({'name': n, 'arguments': a})}</tool_call>" for n, a in calls
+    )
+    step = env.step if runner == "step" else lambda a: asyncio.run(env.astep(a))
+    obs, _, terminated, truncated, info = step(action)
+    assert not terminated and not truncated  # an error ends nothing, even from an ending tool
+    record = info["tool_calls"][0]
+    assert record["error"] == "order not found" and record.get("result") is None
+    assert info["messages"][0]["content"] == "Error: order not found"
+    assert obs.count("Error: ") == 2 and "Error: Error" not in obs
+    # Counted exactly like the ToolError that ``lookup`` raises: a call that ran, not invalid.
+    assert info["counts"]["tool_calls"] == 2 and info["counts"]["invalid_tool_calls"] == 0
+    obs, _, terminated, _, info = step(
+        f"<tool_call>{json.dumps({'name': '_find_order', 'arguments': {'order_id': '#1'}})}"
+        "</tool_call>"
+    )
+    assert info["tool_calls"][0]["result"] == "Order #1: shipped"
+    assert terminated is ends_episode
+    env.close()
