@@ -8,6 +8,7 @@ token ids and log-probs (the learner's trajectory record lives in ``mtrl_jax``).
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -166,6 +167,10 @@ def _copy_json(value: JSON) -> JSON:
 copy_json = _copy_json
 
 
+# Checked on every tool call and answer: one regex scan in C, not a Python loop per character.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def text_problem(value: JSON, where: str = "") -> str | None:
     r"""Says where a JSON value holds text that is not valid Unicode, or ``None`` if it is clean.
 
@@ -187,16 +192,16 @@ def text_problem(value: JSON, where: str = "") -> str | None:
     True
     """
     if isinstance(value, str):
-        for i, ch in enumerate(value):
-            if "\ud800" <= ch <= "\udfff":
-                # Well-formed pairs never survive json.loads as two code units, so any surrogate
-                # code point left in a str is unpaired.
-                label = f"'{where}'" if where else "the text"
-                return (
-                    f"{label} holds a lone surrogate \\u{ord(ch):04x} at position {i}, "
-                    "which is not valid Unicode text"
-                )
-        return None
+        # Well-formed pairs never survive json.loads as two code units, so any surrogate code
+        # point left in a str is unpaired.
+        found = _SURROGATE.search(value)
+        if found is None:
+            return None
+        label = f"'{where}'" if where else "the text"
+        return (
+            f"{label} holds a lone surrogate \\u{ord(found.group()):04x} at position "
+            f"{found.start()}, which is not valid Unicode text"
+        )
     if isinstance(value, dict):
         for k, v in value.items():
             key = escape_surrogates(str(k))  # the message itself must stay encodable
@@ -225,9 +230,7 @@ def escape_surrogates(value: JSON) -> JSON:
     {'k': ['a\\ud800', 1]}
     """
     if isinstance(value, str):
-        if not any("\ud800" <= ch <= "\udfff" for ch in value):
-            return value
-        return "".join(f"\\u{ord(ch):04x}" if "\ud800" <= ch <= "\udfff" else ch for ch in value)
+        return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", value)
     if isinstance(value, dict):
         return {escape_surrogates(k): escape_surrogates(v) for k, v in value.items()}
     if isinstance(value, list | tuple):

@@ -808,16 +808,14 @@ class Trainer:
 
     def evaluate(self) -> dict[str, Any]:
         """Plays the held-out split with the current weights; logs ``eval/*``; watches hacking."""
-        e = self.cfg.eval
-        n = count_tasks(self.make_eval_env)
-        n = n if e.max_tasks is None or n is None else min(n, e.max_tasks)
+        e, evaluator = self.cfg.eval, self.evaluator
         how = "greedy" if e.temperature == 0 else f"temperature {e.temperature}"
         self._say(
-            f"evaluating at step {self.step} on {n or 'the'} held-out tasks "
+            f"evaluating at step {self.step} on {len(evaluator.tasks)} held-out tasks "
             f"({e.samples_per_task} sample(s) each, {how})"
         )
         start = time.perf_counter()
-        summary, records = self.evaluator.run(self._sampler_model(), version=self.version)
+        summary, records = evaluator.run(self._sampler_model(), version=self.version)
         seconds = time.perf_counter() - start
         self.phases[f"eval_step{self.step}_s"] = round(seconds, 1)
         self._say(

@@ -22,7 +22,7 @@ STAMP="$VENV/.mtrl-install-$(echo "$EXTRAS" | tr -c 'a-z0-9' '_')"
 WANT="$(cat "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
   echo "[mtrl] installing mtrl${EXTRAS:+ with extras [$EXTRAS]} into $VENV" \
-       "(first time: about 5 minutes on 2 cores; one line per package follows)" >&2
+       "(first time: a few minutes; one line per package follows)" >&2
   "$VENV/bin/python" -m pip install --quiet --upgrade pip >&2
   # pip's own progress, one line per package, without the build backends' warnings.
   (cd "$ROOT" && "$VENV/bin/python" -m pip install -e "$SPEC" 2>&1 \

@@ -365,3 +365,23 @@ def test_runner__user_turns_run_through_astep_and_report_ended_by() -> None:
     assert time.monotonic() - start < 0.7  # four 0.2 s replies in parallel, not in series
     assert [(r.status, r.terminated, r.ended_by) for r in results] == [("ok", True, "user")] * 4
     assert all(r.steps[-1]["observation"] == "Bye." for r in results)
+
+
+def test_model_user__stand_in_server_speaks_what_the_openai_sdk_speaks(chat: FakeChat) -> None:
+    # The model-user tests run against a server written here; the official client checks it:
+    # the SDK parses its replies, and ModelUser sends the request the SDK sends.
+    openai = pytest.importorskip("openai", reason="the openai SDK is in the test extra")
+    chat.respond = lambda body: (200, completion("I want a refund."))
+    client = openai.OpenAI(base_url=chat.url, api_key="k", max_retries=0)
+    user = ModelUser(base_url=chat.url, model="m", instructions="x", api_key="k", seed=7)
+    env = _env(user)
+    obs, *_ = env.step("How can I help?")
+    ours = chat.requests[-1]
+    sdk = client.chat.completions.create(
+        model="m", messages=ours["messages"], temperature=0.0, seed=7
+    )
+    theirs = chat.requests[-1]
+    assert sdk.choices[0].message.content == obs == "I want a refund."
+    assert sdk.usage is not None and sdk.usage.total_tokens == 13
+    assert (ours["path"], ours["auth"]) == (theirs["path"], theirs["auth"])
+    assert {k: ours[k] for k in theirs} == theirs  # every field the SDK sends, equal
